@@ -1,0 +1,53 @@
+"""A checkpoint is one dict: unwrapped model state, G, optimizers, schedulers, epoch, RNG
+state, the epoch history so far, and the config that produced it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+STATE_FILE = "state.pt"
+
+
+def save(folder: Path, model, gate, optimizers, schedulers, cfg, epoch: int, history: list) -> Path:
+    state = {
+        "model": model.state_dict(),
+        "gate": gate.state_dict() if gate is not None else None,
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+        "epoch": epoch,
+        "history": history,
+        "config": cfg.to_dict(),
+        "rng": torch.get_rng_state(),
+    }
+    path = Path(folder) / STATE_FILE
+    torch.save(state, path)
+    return path
+
+
+def read(folder: Path) -> dict:
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {STATE_FILE} in checkpoint {folder}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load(folder: Path, model, gate, optimizers, schedulers, cfg) -> dict:
+    """Restore everything in place; a checkpoint of another model or class count is refused."""
+    state = read(folder)
+    saved = state["config"]
+    for key in ("model", "method", "gate", "scheme"):
+        if saved[key] != getattr(cfg, key):
+            raise ValueError(f"checkpoint {folder} has {key}={saved[key]!r}, this run has {getattr(cfg, key)!r}")
+    saved_classes = state["model"]["fc.weight"].shape[0]
+    if saved_classes != model.num_classes:
+        raise ValueError(f"checkpoint {folder} has {saved_classes} classes, this run has {model.num_classes}")
+    model.load_state_dict(state["model"])
+    if gate is not None:
+        gate.load_state_dict(state["gate"])
+    for key, optimizer in optimizers.items():
+        optimizer.load_state_dict(state["optimizers"][key])
+    for key, scheduler in schedulers.items():
+        scheduler.load_state_dict(state["schedulers"][key])
+    torch.set_rng_state(state["rng"])
+    return state

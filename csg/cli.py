@@ -1,0 +1,93 @@
+"""The command-line face of TrainConfig, shared by every training job.
+
+Each config field becomes `--field-name`; a `--preset` supplies the paper's defaults and
+any option given on the command line overrides it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+
+from csg.config import CHOICES, PRESETS, ConfigError, TrainConfig, validate
+from csg.data import DatasetInfo
+
+HELP = {
+    "dataset": "data set: the embedded digits, CIFAR pickles, or an ImageFolder tree",
+    "data": "data directory (CIFAR: holds cifar-10-batches-py/; imagefolder: holds train/ and val/)",
+    "num_classes": "expected class count; an error if the data disagrees",
+    "image_size": "training resolution for imagefolder (eval resizes to size*256/224, then center-crops)",
+    "model": "network; K = 64 for CIFAR ResNets, 256 for AlexNet, 512/2048 for torchvision ResNets",
+    "weights": "local state-dict file to initialise a torchvision ResNet (never downloaded)",
+    "method": "csg (class-specific gate) or std (baseline, no gate)",
+    "scheme": "alternate (Algorithm 1: whole epochs on one path) or joint (both paths every batch)",
+    "gate": "learned G, or fixed (Appendix E: m1 filters per class, m2 shared)",
+    "m1": "fixed gate: filters each class monopolizes",
+    "m2": "fixed gate: filters shared by all classes",
+    "epochs": "training epochs",
+    "batch_size": "global batch size, split evenly across workers",
+    "optimizer": "sgd (with --momentum) or adam",
+    "lr": "initial learning rate of the STD path (and of the joint scheme)",
+    "csg_lr": "initial learning rate of the CSG path, G included (default: --lr)",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay on network weights (never on G)",
+    "lr_schedule": "per-epoch learning-rate schedule",
+    "warmup": "STD epochs before the first CSG epoch",
+    "period": "CSG schedule period in epochs",
+    "csg_epochs": "CSG epochs at the end of each period (1 <= csg_epochs <= period)",
+    "lambda1": "weight of the CSG-path cross-entropy",
+    "lambda2": "weight of the sparsity term d(||G||_1, g)",
+    "g_density": "sparsity target g/(C*K), in [1/C, 1] (default 1/C, i.e. g = K)",
+    "psi": "norm psi in d = psi(ReLU(||G||_1 - g))",
+    "std_frozen": "STD path: freeze every stage up to and including this one",
+    "csg_frozen": "CSG path: freeze every stage up to and including this one",
+    "seed": "random seed of the run",
+    "workers": "Ray Train workers (DDP ranks)",
+    "gpu": "one GPU per worker, NCCL backend (gloo on CPU otherwise)",
+    "loader_workers": "DataLoader processes per worker",
+    "results": "results root: a local path or a pyarrow filesystem URI",
+    "storage": "Ray Train checkpoint storage (default: <results>/checkpoints)",
+    "keep_checkpoints": "best checkpoints kept by test accuracy (the latest is kept too); 0 keeps all",
+    "max_failures": "worker-group restarts allowed; each resumes from the latest checkpoint",
+    "run_id": "run id (default: generated); rerunning an id resumes it and replaces its rows",
+    "mi_neighbors": "k of the k-NN mutual-information estimator",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad input is one line naming the problem, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def get_args_parser(default_preset: str, description: str) -> argparse.ArgumentParser:
+    parser = OneLineParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=default_preset,
+                        help="the paper's settings (Appendix B); any option below overrides them")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=HELP[f.name])
+        else:
+            parser.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name),
+                                help=HELP[f.name])
+    return parser
+
+
+def parse_config(parser: argparse.ArgumentParser, argv=None) -> tuple[TrainConfig, DatasetInfo]:
+    """Apply the preset, parse, validate; any problem exits 2 with one line before Ray starts."""
+    argv = sys.argv[1:] if argv is None else argv
+    known, _ = parser.parse_known_args(argv)
+    parser.set_defaults(**PRESETS[known.preset])
+    args = vars(parser.parse_args(argv))
+    args.pop("preset")
+    cfg = TrainConfig(**args)
+    try:
+        info = validate(cfg)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return cfg, info

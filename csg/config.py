@@ -1,0 +1,178 @@
+"""One validated config for every training run, and the paper's presets (Appendix B)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from csg import data as data_lib
+from csg.gate import PSI_CHOICES
+from csg.models import LAST_CONV_FILTERS, MODEL_CHOICES, TORCHVISION_RESNETS
+
+
+class ConfigError(ValueError):
+    """One line naming the option and what is allowed."""
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    dataset: str = "digits"
+    data: str | None = None
+    num_classes: int | None = None
+    image_size: int = 224
+    model: str = "resnet20"
+    weights: str | None = None
+    # how to train
+    method: str = "csg"  # csg | std
+    scheme: str = "alternate"  # alternate | joint (csg only)
+    gate: str = "learned"  # learned | fixed (Appendix E)
+    m1: int = 6
+    m2: int = 4
+    epochs: int = 200
+    batch_size: int = 256
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 0.1
+    csg_lr: float | None = None  # defaults to lr
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"  # cosine | constant
+    warmup: int = 0
+    period: int = 3
+    csg_epochs: int = 1
+    lambda1: float = 2.0
+    lambda2: float = 0.05
+    g_density: float | None = None  # defaults to 1/C: at most one class per filter on average
+    psi: str = "l1"
+    std_frozen: str = "none"
+    csg_frozen: str = "none"
+    seed: int = 0
+    # where and how much
+    workers: int = 1
+    gpu: bool = False
+    loader_workers: int = 0
+    results: str = "results"
+    storage: str | None = None  # Ray Train checkpoint storage; defaults to <results>/checkpoints
+    keep_checkpoints: int = 2
+    max_failures: int = 0
+    run_id: str | None = None
+    mi_neighbors: int = 3
+
+    @property
+    def csg_learning_rate(self) -> float:
+        return self.lr if self.csg_lr is None else self.csg_lr
+
+    @property
+    def storage_path(self) -> str:
+        return self.storage or str(Path(self.results).absolute() / "checkpoints")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    "cifar10-resnet20": dict(
+        dataset="cifar10", model="resnet20", batch_size=256, optimizer="sgd", lr=0.1,
+        momentum=0.9, epochs=200, warmup=0, period=3, csg_epochs=1,
+    ),
+    "imagenet-resnet18": dict(
+        dataset="imagefolder", model="resnet18", batch_size=256, optimizer="sgd", lr=0.1,
+        momentum=0.9, epochs=120, warmup=0, period=3, csg_epochs=1, workers=4, image_size=224,
+    ),
+    "voc-resnet152": dict(
+        dataset="imagefolder", model="resnet152", batch_size=32, optimizer="adam", lr=1e-5,
+        csg_lr=1e-3, weight_decay=0.0, epochs=150, warmup=10, period=3, csg_epochs=2,
+        std_frozen="layer2", csg_frozen="layer3", image_size=128, lr_schedule="constant",
+    ),
+    # The embedded default: real 8x8 handwritten digits, minutes on a laptop CPU.
+    "digits-resnet20": dict(
+        dataset="digits", model="resnet20", batch_size=64, optimizer="sgd", lr=0.05,
+        momentum=0.9, epochs=15, warmup=0, period=3, csg_epochs=1,
+    ),
+}
+
+CHOICES = {
+    "dataset": data_lib.DATASET_CHOICES,
+    "model": MODEL_CHOICES,
+    "method": ("csg", "std"),
+    "scheme": ("alternate", "joint"),
+    "gate": ("learned", "fixed"),
+    "optimizer": ("sgd", "adam"),
+    "lr_schedule": ("cosine", "constant"),
+    "psi": PSI_CHOICES,
+}
+
+
+def validate(cfg: TrainConfig) -> data_lib.DatasetInfo:
+    """Check every option against the others and the data; raise ConfigError on the first problem.
+
+    Reads only metadata (class folders, pickle headers), never writes anything.
+    """
+    for name, allowed in CHOICES.items():
+        value = getattr(cfg, name)
+        if value not in allowed:
+            _fail(name, f"must be one of {', '.join(allowed)}", value)
+    for name in ("epochs", "batch_size", "period", "workers", "image_size", "mi_neighbors"):
+        if getattr(cfg, name) < 1:
+            _fail(name, "must be >= 1", getattr(cfg, name))
+    for name in ("warmup", "loader_workers", "keep_checkpoints", "max_failures", "weight_decay", "momentum"):
+        if getattr(cfg, name) < 0:
+            _fail(name, "must be >= 0", getattr(cfg, name))
+    for name in ("lr", "csg_learning_rate"):
+        if getattr(cfg, name) <= 0:
+            _fail(name.replace("_learning_rate", "_lr"), "must be > 0", getattr(cfg, name))
+    for name in ("lambda1", "lambda2"):
+        if getattr(cfg, name) < 0:
+            _fail(name, "must be >= 0", getattr(cfg, name))
+    if not 1 <= cfg.csg_epochs <= cfg.period:
+        _fail("csg_epochs", f"must be between 1 and --period ({cfg.period})", cfg.csg_epochs)
+    if cfg.weights is not None:
+        if cfg.model not in TORCHVISION_RESNETS:
+            _fail("weights", f"applies to {', '.join(TORCHVISION_RESNETS)} only", cfg.model)
+        if not Path(cfg.weights).is_file():
+            _fail("weights", "file does not exist", cfg.weights)
+    if cfg.data is not None and not Path(cfg.data).is_dir():
+        _fail("data", "directory does not exist", cfg.data)
+    try:
+        if cfg.dataset in data_lib.CIFAR_FILES and not data_lib.cifar_present(cfg.dataset, cfg.data):
+            data_lib.download_cifar(cfg.dataset, cfg.data or data_lib.DEFAULT_DATA_ROOT)
+        info = data_lib.describe(cfg.dataset, cfg.data or data_lib.DEFAULT_DATA_ROOT)
+    except data_lib.DataError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.num_classes is not None and cfg.num_classes != info.num_classes:
+        _fail("num_classes", f"{cfg.dataset} at {cfg.data} has {info.num_classes} classes", cfg.num_classes)
+    if cfg.batch_size > info.train_size:
+        _fail("batch_size", f"must be <= the training set size ({info.train_size})", cfg.batch_size)
+    if cfg.batch_size < cfg.workers:
+        _fail("batch_size", f"must be >= --workers ({cfg.workers}), it is split across them", cfg.batch_size)
+    C, K = info.num_classes, LAST_CONV_FILTERS[cfg.model]
+    if cfg.g_density is not None and not 1 / C - 1e-12 <= cfg.g_density <= 1:
+        _fail("g_density", f"must be in [1/C, 1] = [{1 / C:.6g}, 1] so that g >= K", cfg.g_density)
+    if cfg.method == "csg" and cfg.gate == "fixed" and (cfg.m1 < 1 or cfg.m2 < 0 or cfg.m1 * C + cfg.m2 > K):
+        _fail("m1", f"need m1 >= 1, m2 >= 0 and m1*C + m2 <= K = {K} for C = {C}", f"m1={cfg.m1}, m2={cfg.m2}")
+    stages = ("none", "stem", "layer1", "layer2", "layer3", "layer4")
+    if cfg.model in ("resnet20", "resnet32", "resnet56", "resnet110"):
+        stages = stages[:-1]
+    for name in ("std_frozen", "csg_frozen"):
+        if getattr(cfg, name) not in stages:
+            _fail(name, f"must be one of {', '.join(stages)}", getattr(cfg, name))
+    if cfg.gpu:
+        import torch
+
+        if not torch.cuda.is_available() and "RAY_ADDRESS" not in os.environ:
+            _fail("gpu", "no CUDA device here and no cluster (RAY_ADDRESS) to find one on", True)
+    return info
+
+
+def resolved_g_density(cfg: TrainConfig, num_classes: int) -> float:
+    return 1.0 / num_classes if cfg.g_density is None else cfg.g_density
+
+
+def _fail(option: str, allowed: str, got) -> None:
+    raise ConfigError(f"--{option.replace('_', '-')}: {allowed} (got {got})")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+

@@ -1,0 +1,207 @@
+"""Data sets: the embedded `digits`, CIFAR-10/100 pickles, and any ImageFolder tree.
+
+Every data set yields images in [0, 1] (models normalise inside) and comes with the
+mean/std its models should use. `describe` reads only what validation needs (class count,
+training-set size) so bad input is caught before Ray starts.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+from torchvision import datasets as tv_datasets
+from torchvision import transforms as T
+
+DATASET_CHOICES = ("digits", "cifar10", "cifar100", "imagefolder")
+
+CIFAR_FILES = {
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "batches.meta",
+    ),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta"),
+}
+CIFAR_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+DEFAULT_DATA_ROOT = "data"
+
+
+class DataError(ValueError):
+    """The data set is missing or malformed; the message names what was expected."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    train_size: int
+    in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def describe(name: str, root: str | None) -> DatasetInfo:
+    if name == "digits":
+        x_train, _, _, _ = _digits_split()
+        return DatasetInfo(10, len(x_train), 1, *_digits_mean_std())
+    if name in CIFAR_FILES:
+        folder, train_files, test_files, _ = CIFAR_FILES[name]
+        base = _cifar_dir(name, root)
+        size = sum(len(_cifar_labels(_unpickle(base / f))) for f in train_files)
+        return DatasetInfo(10 if name == "cifar10" else 100, size, 3, *CIFAR_MEAN_STD)
+    if name == "imagefolder":
+        classes = _imagefolder_classes(root)
+        size = sum(
+            1 for c in classes for p in (Path(root) / "train" / c).rglob("*") if p.is_file()
+        )
+        return DatasetInfo(len(classes), size, 3, *IMAGENET_MEAN_STD)
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_CHOICES)}")
+
+
+def load(name: str, root: str | None, image_size: int = 224) -> tuple[Dataset, Dataset]:
+    """(train, test) with the standard augmentation of each data set on the training side."""
+    if name == "digits":
+        x_train, x_test, y_train, y_test = _digits_split()
+        return (
+            TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
+            TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test)),
+        )
+    if name in CIFAR_FILES:
+        train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
+        return _cifar_split(name, root, True, train_tf), _cifar_split(name, root, False, None)
+    if name == "imagefolder":
+        _imagefolder_classes(root)
+        train_tf = T.Compose(
+            [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor()]
+        )
+        eval_tf = T.Compose(
+            [T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor()]
+        )
+        return (
+            tv_datasets.ImageFolder(str(Path(root) / "train"), train_tf),
+            tv_datasets.ImageFolder(str(Path(root) / "val"), eval_tf),
+        )
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_CHOICES)}")
+
+
+def cifar_present(name: str, root: str | None) -> bool:
+    try:
+        _cifar_dir(name, root or DEFAULT_DATA_ROOT)
+    except DataError:
+        return False
+    return True
+
+
+def download_cifar(name: str, root: str) -> None:
+    """Fetch CIFAR through torchvision when online; offline, say which files are expected."""
+    cls = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
+    try:
+        cls(root, train=True, download=True)
+    except Exception as exc:  # torchvision raises URLError, OSError or RuntimeError offline
+        raise DataError(f"{name}: cannot download ({exc}); {_cifar_expected(name, root)}") from exc
+
+
+# -- digits -------------------------------------------------------------------------------
+
+
+def _digits_split():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8) in [0, 1]
+    labels = digits.target.astype(np.int64)
+    return train_test_split(
+        images,
+        labels,
+        test_size=DIGITS_TEST_FRACTION,
+        stratify=labels,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+
+
+def _digits_mean_std():
+    x_train = _digits_split()[0]
+    return (float(x_train.mean()),), (float(x_train.std()),)
+
+
+# -- CIFAR --------------------------------------------------------------------------------
+
+
+class CifarPickles(Dataset):
+    """The python-pickle CIFAR format read directly (torchvision's reader insists on the
+    published checksums, which rules out subsets and test fixtures in the same format)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None):
+        self.images = torch.from_numpy(images)  # (N, 3, 32, 32) uint8
+        self.labels = torch.from_numpy(labels)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        image = self.images[i].float().div_(255)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[i]
+
+
+def _cifar_split(name, root, train, transform):
+    _, train_files, test_files, _ = CIFAR_FILES[name]
+    base = _cifar_dir(name, root)
+    batches = [_unpickle(base / f) for f in (train_files if train else test_files)]
+    images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([_cifar_labels(b) for b in batches]).astype(np.int64)
+    return CifarPickles(images, labels, transform)
+
+
+def _cifar_labels(batch):
+    return np.asarray(batch.get(b"labels", batch.get(b"fine_labels")))
+
+
+def _cifar_dir(name, root) -> Path:
+    folder, train_files, test_files, meta = CIFAR_FILES[name]
+    root = root or DEFAULT_DATA_ROOT
+    base = Path(root) / folder
+    missing = [f for f in (*train_files, *test_files, meta) if not (base / f).is_file()]
+    if missing:
+        raise DataError(f"--data: {name} files missing under {root}; {_cifar_expected(name, root)}")
+    return base
+
+
+def _cifar_expected(name, root):
+    folder, train_files, test_files, meta = CIFAR_FILES[name]
+    files = ", ".join((*train_files, *test_files, meta))
+    return f"expected {Path(root) / folder}/{{{files}}} (the python version of {name})"
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+# -- ImageFolder --------------------------------------------------------------------------
+
+
+def _imagefolder_classes(root) -> list[str]:
+    if root is None:
+        raise DataError("--data: imagefolder needs a directory holding train/ and val/")
+    base = Path(root)
+    for split in ("train", "val"):
+        if not (base / split).is_dir():
+            raise DataError(f"--data: {base / split} is not a directory (need train/ and val/)")
+    train = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
+    val = sorted(p.name for p in (base / "val").iterdir() if p.is_dir())
+    if not train:
+        raise DataError(f"--data: {base / 'train'} holds no class folders")
+    if train != val:
+        raise DataError(f"--data: class folders differ between {base}/train and {base}/val")
+    return train

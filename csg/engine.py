@@ -1,0 +1,173 @@
+"""The training engine: path schedule, per-path optimizers, one epoch, evaluation.
+
+Plain PyTorch; runs with or without Ray and with or without DDP. Under DDP the gate lives
+outside the wrapped model, so the caller passes `reduce_gate_grad` to average its gradient
+across ranks (every rank runs the same path in the same epoch, so all of them call it).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from csg.config import TrainConfig
+from csg.gate import ClassSpecificGate, sparsity_loss
+
+
+def epoch_path(epoch: int, cfg: TrainConfig) -> str:
+    """'std', 'csg' or 'joint' for a 0-based epoch (Algorithm 1).
+
+    After `warmup` STD epochs, each block of `period` epochs ends with `csg_epochs` CSG
+    epochs, so the features first train on the STD path before the gate constrains them.
+    """
+    if cfg.method == "std" or epoch < cfg.warmup:
+        return "std"
+    if cfg.scheme == "joint":
+        return "joint"
+    position = (epoch - cfg.warmup) % cfg.period
+    return "csg" if position >= cfg.period - cfg.csg_epochs else "std"
+
+
+def optimizer_roles(cfg: TrainConfig) -> tuple[str, ...]:
+    """Which optimizers a run needs: STD epochs and gated epochs each have their own."""
+    if cfg.method == "std":
+        return ("std",)
+    return ("std", "joint") if cfg.scheme == "joint" else ("std", "csg")
+
+
+def build_optimizers(model: nn.Module, gate: ClassSpecificGate | None, cfg: TrainConfig):
+    """One optimizer per path, each over that path's trainable stages; G only on gated paths.
+
+    G gets no weight decay: its sparsity is the regulariser's job.
+    """
+    optimizers = {}
+    for role in optimizer_roles(cfg):
+        frozen = cfg.csg_frozen if role == "csg" else cfg.std_frozen
+        lr = cfg.csg_learning_rate if role == "csg" else cfg.lr
+        groups = [{"params": model.stage_parameters(frozen), "weight_decay": cfg.weight_decay}]
+        if role != "std" and gate is not None and gate.learnable:
+            groups.append({"params": [gate.weight], "weight_decay": 0.0})
+        if cfg.optimizer == "sgd":
+            optimizers[role] = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+        else:
+            optimizers[role] = torch.optim.Adam(groups, lr=lr)
+    return optimizers
+
+
+def build_schedulers(optimizers: dict, cfg: TrainConfig):
+    """Per-epoch schedules; every path's rate follows the global epoch, used or not."""
+    if cfg.lr_schedule == "constant":
+        return {k: torch.optim.lr_scheduler.LambdaLR(o, lambda e: 1.0) for k, o in optimizers.items()}
+    return {
+        k: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=cfg.epochs)
+        for k, o in optimizers.items()
+    }
+
+
+class DivergedError(RuntimeError):
+    """A loss became NaN or inf."""
+
+
+@dataclass
+class EpochStats:
+    loss_total: float = 0.0
+    loss_ce_std: float = math.nan
+    loss_ce_csg: float = math.nan
+    loss_sparsity: float = math.nan
+    train_acc: float = 0.0
+    seconds: float = 0.0
+
+
+def train_one_epoch(
+    model: nn.Module,
+    gate: ClassSpecificGate | None,
+    loader,
+    path: str,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    g: float,
+    device: torch.device,
+    epoch: int = 0,
+    reduce_gate_grad=None,
+) -> EpochStats:
+    """Train one epoch on `path`; returns this rank's mean losses and accuracy."""
+    model.train()
+    sums = {"total": 0.0, "ce_std": 0.0, "ce_csg": 0.0, "sparsity": 0.0}
+    correct = seen = 0
+    start = time.perf_counter()
+    for step, (images, labels) in enumerate(loader):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        terms = {}
+        if path == "std":
+            logits = model(images)
+            terms["ce_std"] = F.cross_entropy(logits, labels)
+            loss = terms["ce_std"]
+        else:
+            rows = gate(labels)
+            if path == "joint":
+                logits, csg_logits = model(images, rows, both_paths=True)
+                terms["ce_std"] = F.cross_entropy(logits, labels)
+            else:
+                logits = csg_logits = model(images, rows)
+            terms["ce_csg"] = F.cross_entropy(csg_logits, labels)
+            terms["sparsity"] = sparsity_loss(gate.matrix, g, cfg.psi)
+            loss = cfg.lambda1 * terms["ce_csg"] + cfg.lambda2 * terms["sparsity"]
+            if path == "joint":
+                loss = loss + terms["ce_std"]
+        if not torch.isfinite(loss):
+            raise DivergedError(f"loss is {loss.item()} at epoch {epoch}, step {step} ({path} path)")
+        loss.backward()
+        if path != "std" and gate.learnable:
+            if reduce_gate_grad is not None:
+                reduce_gate_grad(gate.weight)
+            optimizer.step()
+            gate.project_()
+        else:
+            optimizer.step()
+        n = labels.numel()
+        seen += n
+        correct += int((logits.argmax(1) == labels).sum())
+        sums["total"] += loss.item() * n
+        for name, value in terms.items():
+            sums[name] += value.item() * n
+    seen = max(seen, 1)
+    stats = EpochStats(
+        loss_total=sums["total"] / seen,
+        train_acc=correct / seen,
+        seconds=time.perf_counter() - start,
+    )
+    for name in ("ce_std", "ce_csg", "sparsity"):
+        used = name == "ce_std" and path != "csg" or name != "ce_std" and path != "std"
+        setattr(stats, f"loss_{name}", sums[name] / seen if used else math.nan)
+    return stats
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[int, int]:
+    """(correct, total) on the STD path: testing never uses the gate."""
+    model.eval()
+    correct = total = 0
+    for images, labels in loader:
+        logits = model(images.to(device))
+        correct += int((logits.argmax(1).cpu() == labels).sum())
+        total += labels.numel()
+    return correct, total
+
+
+@torch.no_grad()
+def gap_features(model: nn.Module, loader, device: torch.device):
+    """Global-average-pooled last-conv activations (N, K), labels and STD predictions."""
+    model.eval()
+    feats, labels, preds = [], [], []
+    for images, y in loader:
+        activation = model.features(images.to(device))
+        feats.append(activation.mean(dim=(2, 3)).cpu())
+        preds.append(model.classify(activation).argmax(1).cpu())
+        labels.append(y)
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy(), torch.cat(preds).numpy()

@@ -1,0 +1,194 @@
+"""The one module that adapts the engine to Ray Train: the per-worker loop and the driver.
+
+Rank 0 alone writes tables and checkpoints; every rank reports once per epoch (a barrier).
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from csg import checkpoint as ckpt_lib
+from csg import data as data_lib
+from csg import engine, run_record
+from csg.config import TrainConfig, resolved_g_density
+from csg.gate import ClassSpecificGate, FixedGate, g_from_density, l1_density
+from csg.metrics import mi_matrix, mis
+from csg.models import build_model
+from csg.results import ResultStore
+
+SCORE = "test_acc"
+
+
+def train_loop_per_worker(loop_config: dict) -> dict | None:
+    cfg = TrainConfig(**loop_config["cfg"])
+    run_id = loop_config["run_id"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+
+    info = data_lib.describe(cfg.dataset, cfg.data)
+    train_set, test_set = data_lib.load(cfg.dataset, cfg.data, cfg.image_size)
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    loader_kw = dict(num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size // world, sampler=sampler, **loader_kw)
+    # Each rank scores a disjoint slice of the test set; the counts are summed, so no padding.
+    test_shard = Subset(test_set, range(rank, len(test_set), world))
+    test_loader = DataLoader(test_shard, batch_size=cfg.batch_size // world, **loader_kw)
+
+    model = build_model(cfg.model, info.num_classes, info.in_channels, info.mean, info.std, cfg.weights)
+    gate = make_gate(cfg, info.num_classes, model.num_filters)
+    model.to(device)
+    if gate is not None:
+        gate.to(device)
+    optimizers = engine.build_optimizers(model, gate, cfg)
+    schedulers = engine.build_schedulers(optimizers, cfg)
+    g = g_from_density(resolved_g_density(cfg, info.num_classes), info.num_classes, model.num_filters)
+
+    state = {"epoch": -1, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = ckpt_lib.load(Path(folder), model, gate, optimizers, schedulers, cfg)
+        if rank == 0:
+            print(f"[{run_id}] resuming after epoch {state['epoch']}", flush=True)
+    # DDP wraps the model only: the gate stays outside, used on gated epochs alone, and its
+    # gradient is averaged by hand, so no step pays for unused-parameter detection.
+    wrapped = ray.train.torch.prepare_model(
+        model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": False}
+    )
+    store = ResultStore(cfg.results)
+    history = state["history"]
+
+    for epoch in range(state["epoch"] + 1, cfg.epochs):
+        sampler.set_epoch(epoch)
+        path = engine.epoch_path(epoch, cfg)
+        role = "std" if path == "std" else path
+        stats = engine.train_one_epoch(
+            wrapped, gate, train_loader, path, optimizers[role], cfg, g, device, epoch,
+            reduce_gate_grad=_average_grad if world > 1 else None,
+        )
+        lrs = {k: o.param_groups[0]["lr"] for k, o in optimizers.items()}
+        for scheduler in schedulers.values():
+            scheduler.step()
+        test_acc = _global_accuracy(wrapped, test_loader, device, world)
+        if world > 1 and gate is not None:
+            _check_gate_identical(gate, epoch)
+        row = {
+            "epoch": epoch, "path": path, "lr_std": lrs["std"],
+            "lr_csg": lrs.get("csg", lrs.get("joint", math.nan)),
+            "loss_total": _mean_across(stats.loss_total, world), "loss_ce_std": _mean_across(stats.loss_ce_std, world),
+            "loss_ce_csg": _mean_across(stats.loss_ce_csg, world),
+            "loss_sparsity": stats.loss_sparsity, "train_acc": _mean_across(stats.train_acc, world),
+            "test_acc": test_acc, "l1_density": l1_density(gate.matrix.detach()) if gate is not None else math.nan,
+            "epoch_time_s": stats.seconds,
+        }
+        history.append(row)
+        metrics = {"epoch": epoch, SCORE: test_acc}
+        if rank == 0:
+            run_record.write_epochs(store, run_id, history)
+            print(run_record.epoch_line(run_id, row, cfg.epochs), flush=True)
+            with tempfile.TemporaryDirectory() as folder:
+                ckpt_lib.save(Path(folder), model, gate, optimizers, schedulers, cfg, epoch, history)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)
+
+    if rank != 0:
+        return None
+    return _finish(cfg, run_id, model, gate, test_set, info, device, store, history, g)
+
+
+def _finish(cfg, run_id, model, gate, test_set, info, device, store, history, g) -> dict:
+    """Rank 0, after the last epoch: MI matrix on the whole test set, gate and MI tables."""
+    loader = DataLoader(test_set, batch_size=max(cfg.batch_size, 256), num_workers=cfg.loader_workers)
+    features, labels, _ = engine.gap_features(model, loader, device)
+    matrix = mi_matrix(features, labels, info.num_classes, cfg.mi_neighbors, random_state=cfg.seed)
+    run_record.write_mi(store, run_id, matrix)
+    if gate is not None:
+        run_record.write_gates(store, run_id, gate.matrix.detach().cpu().numpy())
+    best = max(history, key=lambda r: r["test_acc"])
+    return {
+        "num_filters": model.num_filters,
+        "epochs_completed": len(history),
+        "final_acc": history[-1]["test_acc"],
+        "best_acc": best["test_acc"],
+        "best_epoch": best["epoch"],
+        "mis": mis(matrix),
+        "l1_density": history[-1]["l1_density"],
+        "g": g if gate is not None else math.nan,
+    }
+
+
+def make_gate(cfg: TrainConfig, num_classes: int, num_filters: int) -> ClassSpecificGate | None:
+    if cfg.method == "std":
+        return None
+    if cfg.gate == "fixed":
+        return FixedGate(num_classes, num_filters, cfg.m1, cfg.m2)
+    return ClassSpecificGate(num_classes, num_filters)
+
+
+def _average_grad(param: torch.Tensor) -> None:
+    if param.grad is None:
+        param.grad = torch.zeros_like(param)
+    dist.all_reduce(param.grad)
+    param.grad.div_(dist.get_world_size())
+
+
+def _global_accuracy(model, loader, device, world) -> float:
+    correct, total = engine.evaluate(model, loader, device)
+    counts = torch.tensor([correct, total], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(counts)
+    return float(counts[0] / counts[1])
+
+
+def _mean_across(value: float, world: int) -> float:
+    if world == 1 or math.isnan(value):
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / world
+
+
+def _check_gate_identical(gate: ClassSpecificGate, epoch: int) -> None:
+    """Every rank must hold the same G bit for bit; a mismatch is a bug, never averaged away."""
+    mine = gate.matrix.detach().cpu().contiguous()
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    if not all(torch.equal(mine, other) for other in gathered):
+        raise RuntimeError(f"gate differs across ranks after epoch {epoch}")
+
+
+def fit(cfg: TrainConfig, run_id: str) -> tuple[dict, ray.train.Result]:
+    """Run one training under Ray Train; returns rank 0's summary and the Ray result."""
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "run_id": run_id},
+        torch_config=TorchConfig(backend="nccl" if cfg.gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu),
+        run_config=RunConfig(
+            name=run_id,
+            storage_path=cfg.storage_path,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints or None,
+                checkpoint_score_attribute=SCORE,
+                checkpoint_score_order="max",
+            ),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+    )
+    start = time.time()
+    result = trainer.fit()
+    summary = dict(result.return_value or {})
+    summary["wall_time_s"] = time.time() - start
+    return summary, result

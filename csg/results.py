@@ -1,0 +1,124 @@
+"""The Parquet result store: one file per run per table, hive-partitioned by run id.
+
+    <root>/<table>/run_id=<id>/part-0.parquet
+
+`pd.read_parquet("<root>/<table>")` returns every run (with `run_id` as a categorical
+column restored from the directory name). Writes go to a temporary name and are renamed
+into place, so a reader never sees half a file and a rerun of the same id replaces rows
+instead of duplicating them. The root may be a local path or a pyarrow filesystem URI.
+"""
+from __future__ import annotations
+
+import uuid
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+# Every table but `runs` has a fixed schema; `runs` is one row of config + summary fields.
+SCHEMAS: dict[str, pa.Schema] = {
+    "epochs": pa.schema(
+        [
+            ("epoch", pa.int64()),
+            ("path", pa.string()),
+            ("lr_std", pa.float64()),
+            ("lr_csg", pa.float64()),
+            ("loss_total", pa.float64()),
+            ("loss_ce_std", pa.float64()),
+            ("loss_ce_csg", pa.float64()),
+            ("loss_sparsity", pa.float64()),
+            ("train_acc", pa.float64()),
+            ("test_acc", pa.float64()),
+            ("l1_density", pa.float64()),
+            ("epoch_time_s", pa.float64()),
+        ]
+    ),
+    "gates": pa.schema(
+        [("class", pa.int64()), ("filter", pa.int64()), ("value", pa.float64())]
+    ),
+    "mi": pa.schema([("class", pa.int64()), ("filter", pa.int64()), ("mi", pa.float64())]),
+}
+
+RUN_SUMMARY_SCHEMA = pa.schema(
+    [
+        ("status", pa.string()),
+        ("num_classes", pa.int64()),
+        ("num_filters", pa.int64()),
+        ("epochs_completed", pa.int64()),
+        ("final_acc", pa.float64()),
+        ("best_acc", pa.float64()),
+        ("best_epoch", pa.int64()),
+        ("mis", pa.float64()),
+        ("l1_density", pa.float64()),
+        ("l1_interval_low", pa.float64()),
+        ("l1_interval_high", pa.float64()),
+        ("g", pa.float64()),
+        ("wall_time_s", pa.float64()),
+        ("checkpoint", pa.string()),
+        ("best_checkpoint", pa.string()),
+        ("started_at", pa.string()),
+        ("finished_at", pa.string()),
+        ("versions", pa.string()),
+    ]
+)
+
+
+def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in root:
+        return pafs.FileSystem.from_uri(root)
+    return pafs.LocalFileSystem(), str(pafs.LocalFileSystem().normalize_path(_absolute(root)))
+
+
+def _absolute(path: str) -> str:
+    from pathlib import Path
+
+    return str(Path(path).absolute())
+
+
+class ResultStore:
+    def __init__(self, root: str):
+        self.root = root
+        self.fs, self.base = _filesystem(root)
+
+    def table_path(self, table: str) -> str:
+        return f"{self.base}/{table}"
+
+    def write(self, table: str, run_id: str, frame: pd.DataFrame, schema: pa.Schema | None = None):
+        """Replace the rows of `run_id` in `table` atomically."""
+        schema = schema or SCHEMAS[table]
+        arrow = pa.Table.from_pandas(frame.drop(columns="run_id", errors="ignore"),
+                                     schema=schema, preserve_index=False)
+        folder = f"{self.table_path(table)}/run_id={run_id}"
+        self.fs.create_dir(folder, recursive=True)
+        tmp = f"{folder}/.tmp-{uuid.uuid4().hex}.parquet"
+        pq.write_table(arrow, tmp, filesystem=self.fs)
+        self.fs.move(tmp, f"{folder}/part-0.parquet")
+
+    def read(self, table: str, run_id: str | None = None) -> pd.DataFrame:
+        path = self.table_path(table)
+        if run_id is not None:
+            path = f"{path}/run_id={run_id}/part-0.parquet"
+            frame = pq.read_table(path, filesystem=self.fs).to_pandas()
+            frame.insert(0, "run_id", run_id)
+            return frame
+        return pq.read_table(path, filesystem=self.fs, partitioning="hive").to_pandas()
+
+    def exists(self, table: str, run_id: str) -> bool:
+        info = self.fs.get_file_info(f"{self.table_path(table)}/run_id={run_id}/part-0.parquet")
+        return info.type == pafs.FileType.File
+
+
+def schema_of_dataclass(cls) -> pa.Schema:
+    """Arrow schema for a config dataclass: its fields become `runs` columns, nullable."""
+    import dataclasses
+    import typing
+
+    arrow_of = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+        fields.append((f.name, arrow_of[base]))
+    return pa.schema(fields)

@@ -1,0 +1,89 @@
+"""Rows of the four per-run tables (`runs`, `epochs`, `gates`, `mi`) and the progress line."""
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from csg.config import TrainConfig
+from csg.results import RUN_SUMMARY_SCHEMA, ResultStore, schema_of_dataclass
+
+# run_id is the partition key, restored by the reader from the directory name.
+_CONFIG_SCHEMA = schema_of_dataclass(TrainConfig)
+RUNS_SCHEMA = pa.unify_schemas(
+    [_CONFIG_SCHEMA.remove(_CONFIG_SCHEMA.get_field_index("run_id")), RUN_SUMMARY_SCHEMA]
+)
+VERSIONED_PACKAGES = ("csg-ray", "torch", "torchvision", "ray", "scikit-learn", "numpy")
+
+
+def new_run_id(cfg: TrainConfig) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.dataset}-{cfg.model}-{cfg.method}-{stamp}-{secrets.token_hex(3)}"
+
+
+def write_epochs(store: ResultStore, run_id: str, history: list[dict]) -> None:
+    store.write("epochs", run_id, pd.DataFrame(history))
+
+
+def write_gates(store: ResultStore, run_id: str, gate: np.ndarray) -> None:
+    store.write("gates", run_id, _long_form(gate, "value"))
+
+
+def write_mi(store: ResultStore, run_id: str, matrix: np.ndarray) -> None:
+    """`matrix` is (K, C) as the paper writes M; rows are stored per (class, filter)."""
+    store.write("mi", run_id, _long_form(matrix.T, "mi"))
+
+
+def _long_form(per_class: np.ndarray, value: str) -> pd.DataFrame:
+    classes, filters = np.indices(per_class.shape)
+    return pd.DataFrame(
+        {"class": classes.ravel(), "filter": filters.ravel(), value: per_class.ravel().astype(float)}
+    )
+
+
+def write_run(store: ResultStore, run_id: str, cfg: TrainConfig, summary: dict) -> None:
+    """One `runs` row: the whole config plus whatever of the summary is known so far."""
+    row = {**cfg.to_dict(), "run_id": run_id, "versions": json.dumps(versions())}
+    row.update(summary)
+    frame = pd.DataFrame([{name: row.get(name) for name in RUNS_SCHEMA.names}])
+    store.write("runs", run_id, frame, RUNS_SCHEMA)
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    revision = _git_revision()
+    if revision:
+        found["git"] = revision
+    return found
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def epoch_line(run_id: str, row: dict, epochs: int) -> str:
+    parts = [f"[{run_id}] epoch {row['epoch'] + 1}/{epochs} {row['path']:>5}",
+             f"loss {row['loss_total']:.4f}", f"test_acc {row['test_acc']:.4f}"]
+    if not math.isnan(row["l1_density"]):
+        parts.append(f"l1_density {row['l1_density']:.4f}")
+    return "  ".join(parts) + f"  ({row['epoch_time_s']:.1f}s)"

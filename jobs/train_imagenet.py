@@ -1,0 +1,18 @@
+"""Train a CSG or STD ResNet on ImageNet (or any ImageFolder tree) under Ray Train.
+
+    python jobs/train_imagenet.py --data /data/imagenet                       # 4 workers, 120 epochs
+    ray job submit --working-dir . -- python jobs/train_imagenet.py --data /data/imagenet --gpu
+    python jobs/train_imagenet.py --preset voc-resnet152 --data /data/voc6 --weights r152.pth
+"""
+from csg.cli import get_args_parser, parse_config
+from csg.launch import train
+
+
+def main(argv=None) -> dict:
+    parser = get_args_parser("imagenet-resnet18", __doc__.splitlines()[0])
+    cfg, info = parse_config(parser, argv)
+    return train(cfg, info)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from csg import engine
+from csg.config import TrainConfig
+from csg.gate import ClassSpecificGate, FixedGate
+from csg.models import build_model
+
+
+def paths(**overrides):
+    cfg = TrainConfig(**overrides)
+    return "".join("S" if p == "std" else p[0].upper() for p in (engine.epoch_path(e, cfg) for e in range(cfg.epochs)))
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (dict(warmup=0, period=3, csg_epochs=1, epochs=9), "SSCSSCSSC"),
+        (dict(warmup=2, period=3, csg_epochs=2, epochs=8), "SSSCCSCC"),
+        (dict(warmup=1, period=1, csg_epochs=1, epochs=4), "SCCC"),
+        (dict(warmup=0, period=4, csg_epochs=4, epochs=4), "CCCC"),
+        (dict(warmup=3, period=2, csg_epochs=1, epochs=7), "SSSSCSC"),
+        (dict(method="std", period=3, csg_epochs=1, epochs=4), "SSSS"),
+        (dict(scheme="joint", warmup=1, epochs=3), "SJJ"),
+    ],
+)
+def test_path_schedule(overrides, expected):
+    assert paths(**overrides) == expected
+
+
+def _toy(n=32, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    y = torch.arange(n) % classes
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def _setup(method="csg", scheme="alternate", gate_kind="learned", **kw):
+    torch.manual_seed(0)
+    cfg = TrainConfig(method=method, scheme=scheme, gate=gate_kind, epochs=2, lr=0.05, **kw)
+    model = build_model("resnet20", 3, in_channels=1, mean=(0.5,), std=(0.3,))
+    if method == "std":
+        gate = None
+    elif gate_kind == "fixed":
+        gate = FixedGate(3, 64, 20, 4)
+    else:
+        gate = ClassSpecificGate(3, 64)
+    return cfg, model, gate, engine.build_optimizers(model, gate, cfg)
+
+
+def test_csg_epoch_updates_gate_and_keeps_it_projected():
+    cfg, model, gate, opts = _setup(lambda2=0.5)
+    before = gate.weight.detach().clone()
+    stats = engine.train_one_epoch(model, gate, _toy(), "csg", opts["csg"], cfg, g=64.0, device=torch.device("cpu"))
+    after = gate.weight.detach()
+    assert not torch.equal(before, after)
+    assert torch.equal(after.amax(0), torch.ones(64)) and after.min() >= 0
+    assert after.sum() < before.sum()  # the sparsity term pushed ||G||_1 toward g
+    assert math.isnan(stats.loss_ce_std) and stats.loss_sparsity > 0
+
+
+def test_std_epoch_leaves_gate_alone():
+    cfg, model, gate, opts = _setup()
+    before = gate.weight.detach().clone()
+    stats = engine.train_one_epoch(model, gate, _toy(), "std", opts["std"], cfg, g=64.0, device=torch.device("cpu"))
+    assert torch.equal(before, gate.weight.detach()) and gate.weight.grad is None
+    assert math.isnan(stats.loss_ce_csg) and stats.loss_ce_std > 0
+
+
+def test_joint_scheme_trains_both_paths_every_batch():
+    cfg, model, gate, opts = _setup(scheme="joint")
+    stats = engine.train_one_epoch(model, gate, _toy(), "joint", opts["joint"], cfg, g=64.0, device=torch.device("cpu"))
+    assert stats.loss_ce_std > 0 and stats.loss_ce_csg > 0
+    assert stats.loss_total == pytest.approx(
+        stats.loss_ce_std + cfg.lambda1 * stats.loss_ce_csg + cfg.lambda2 * stats.loss_sparsity, rel=1e-5
+    )
+
+
+def test_fixed_gate_stays_constant():
+    cfg, model, gate, opts = _setup(gate_kind="fixed")
+    before = gate.matrix.clone()
+    engine.train_one_epoch(model, gate, _toy(), "csg", opts["csg"], cfg, g=64.0, device=torch.device("cpu"))
+    assert torch.equal(before, gate.matrix)
+
+
+def test_per_path_frozen_stages_and_learning_rates():
+    cfg, model, gate, opts = _setup(std_frozen="stem", csg_frozen="layer2", csg_lr=0.5)
+    assert opts["csg"].param_groups[0]["lr"] == 0.5 and opts["std"].param_groups[0]["lr"] == 0.05
+    stem = model.stages["stem"][0].weight.detach().clone()
+    layer1 = model.stages["layer1"][0].conv1.weight.detach().clone()
+    engine.train_one_epoch(model, gate, _toy(), "csg", opts["csg"], cfg, g=64.0, device=torch.device("cpu"))
+    assert torch.equal(stem, model.stages["stem"][0].weight) and torch.equal(layer1, model.stages["layer1"][0].conv1.weight)
+    engine.train_one_epoch(model, gate, _toy(), "std", opts["std"], cfg, g=64.0, device=torch.device("cpu"))
+    assert torch.equal(stem, model.stages["stem"][0].weight)
+    assert not torch.equal(layer1, model.stages["layer1"][0].conv1.weight)
+
+
+def test_nan_loss_names_epoch_and_step():
+    cfg, model, gate, opts = _setup()
+    x = torch.rand(16, 1, 8, 8)
+    x[9] = float("nan")
+    loader = DataLoader(TensorDataset(x, torch.arange(16) % 3), batch_size=8)
+    with pytest.raises(engine.DivergedError, match="epoch 4, step 1"):
+        engine.train_one_epoch(model, gate, loader, "std", opts["std"], cfg, 64.0, torch.device("cpu"), epoch=4)
+
+
+def test_evaluate_and_features_use_the_std_path():
+    cfg, model, gate, _ = _setup()
+    loader = _toy()
+    correct, total = engine.evaluate(model, loader, torch.device("cpu"))
+    features, labels, preds = engine.gap_features(model, loader, torch.device("cpu"))
+    assert total == 32 and features.shape == (32, 64)
+    assert correct == int((preds == labels).sum())
