@@ -1,0 +1,42 @@
+"""Shared test helpers: load a job script's main() and fabricate data trees in real formats."""
+import pickle
+import runpy
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def job_main(name: str):
+    return runpy.run_path(str(REPO / "jobs" / f"{name}.py"))["main"]
+
+
+def make_imagefolder(root: Path, classes=("cat", "dog", "owl"), per_class=(6, 3), size=40, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, count in zip(("train", "val"), per_class):
+        for i, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for j in range(count):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                pixels[..., i % 3] = 255  # each class tinted, so there is something to learn
+                Image.fromarray(pixels).save(folder / f"{j}.png")
+    return root
+
+
+def make_cifar10(root: Path, per_batch=20, test=20, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+
+    def batch(n):
+        return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+
+    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", test)]:
+        with open(base / name, "wb") as f:
+            pickle.dump(batch(n), f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    return root

@@ -1,0 +1,41 @@
+"""Every bad option: one line naming it, exit status 2, nothing under the results root."""
+import pytest
+
+from tests.helpers import job_main, make_imagefolder
+
+CASES = {
+    "unknown model": (["--model", "vgg99"], "--model"),
+    "unknown dataset": (["--dataset", "mnist"], "--dataset"),
+    "g below 1/C": (["--g-density", "0.05"], "--g-density"),
+    "period below 1": (["--period", "0"], "--period"),
+    "csg epochs above period": (["--period", "2", "--csg-epochs", "3"], "--csg-epochs"),
+    "negative lambda1": (["--lambda1", "-1"], "--lambda1"),
+    "negative lambda2": (["--lambda2", "-0.5"], "--lambda2"),
+    "batch above training set": (["--batch-size", "5000"], "--batch-size"),
+    "missing data directory": (["--data", "/nonexistent/dir"], "--data"),
+    "class count disagrees": (["--num-classes", "7"], "--num-classes"),
+    "missing weights file": (["--model", "resnet18", "--weights", "/nonexistent/w.pth"], "--weights"),
+    "fixed gate too large": (["--gate", "fixed", "--m1", "7", "--m2", "0"], "--m1"),
+    "non-numeric epochs": (["--epochs", "many"], "--epochs"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_option_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys):
+    argv, option = CASES[case]
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as exit_info:
+        job_main("train_cifar")(["--preset", "digits-resnet20", "--results", str(results), *argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and option in err
+    assert not results.exists()
+
+
+def test_imagefolder_missing_split_is_named(tmp_path, capsys):
+    make_imagefolder(tmp_path / "tree")
+    (tmp_path / "tree" / "val" / "owl").rename(tmp_path / "tree" / "val" / "bat")
+    with pytest.raises(SystemExit):
+        job_main("train_imagenet")(["--data", str(tmp_path / "tree"), "--results", str(tmp_path / "r")])
+    assert "class folders differ" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
