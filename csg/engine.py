@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,15 @@ def build_schedulers(optimizers: dict, cfg: TrainConfig):
         k: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=cfg.epochs)
         for k, o in optimizers.items()
     }
+
+
+def step_schedulers(schedulers: dict) -> None:
+    """Advance every path's schedule by one epoch. The idle path's optimizer may not have
+    stepped yet (e.g. CSG before its first CSG epoch); that is expected, not a misuse."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        for scheduler in schedulers.values():
+            scheduler.step()
 
 
 class DivergedError(RuntimeError):

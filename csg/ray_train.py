@@ -5,6 +5,7 @@ Rank 0 alone writes tables and checkpoints; every rank reports once per epoch (a
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         with checkpoint.as_directory() as folder:
             state = ckpt_lib.load(Path(folder), model, gate, optimizers, schedulers, cfg)
         if rank == 0:
-            print(f"[{run_id}] resuming after epoch {state['epoch']}", flush=True)
+            _progress(f"[{run_id}] resuming after epoch {state['epoch'] + 1}")
     # DDP wraps the model only: the gate stays outside, used on gated epochs alone, and its
     # gradient is averaged by hand, so no step pays for unused-parameter detection.
     wrapped = ray.train.torch.prepare_model(
@@ -78,8 +79,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             reduce_gate_grad=_average_grad if world > 1 else None,
         )
         lrs = {k: o.param_groups[0]["lr"] for k, o in optimizers.items()}
-        for scheduler in schedulers.values():
-            scheduler.step()
+        engine.step_schedulers(schedulers)
         test_acc = _global_accuracy(wrapped, test_loader, device, world)
         if world > 1 and gate is not None:
             _check_gate_identical(gate, epoch)
@@ -96,7 +96,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         metrics = {"epoch": epoch, SCORE: test_acc}
         if rank == 0:
             run_record.write_epochs(store, run_id, history)
-            print(run_record.epoch_line(run_id, row, cfg.epochs), flush=True)
+            _progress(run_record.epoch_line(run_id, row, cfg.epochs))
             with tempfile.TemporaryDirectory() as folder:
                 ckpt_lib.save(Path(folder), model, gate, optimizers, schedulers, cfg, epoch, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
@@ -127,6 +127,12 @@ def _finish(cfg, run_id, model, gate, test_set, info, device, store, history, g)
         "l1_density": history[-1]["l1_density"],
         "g": g if gate is not None else math.nan,
     }
+
+
+def _progress(line: str) -> None:
+    """Ray Train patches `print` into a logger that the console then shows twice; write once."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def make_gate(cfg: TrainConfig, num_classes: int, num_filters: int) -> ClassSpecificGate | None:

@@ -43,7 +43,6 @@ SCHEMAS: dict[str, pa.Schema] = {
 RUN_SUMMARY_SCHEMA = pa.schema(
     [
         ("status", pa.string()),
-        ("num_classes", pa.int64()),
         ("num_filters", pa.int64()),
         ("epochs_completed", pa.int64()),
         ("final_acc", pa.float64()),

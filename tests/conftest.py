@@ -16,3 +16,13 @@ def ray_local(tmp_path_factory):
              _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits_run(ray_local, tmp_path_factory):
+    """One 2-worker CSG run on digits, shared by the tests that read its tables."""
+    from tests.helpers import DIGITS_ARGS, job_main
+
+    results = tmp_path_factory.mktemp("digits_run")
+    row = job_main("train_cifar")([*DIGITS_ARGS, "--results", str(results), "--run-id", "plain"])
+    return results, row

@@ -7,6 +7,8 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+DIGITS_ARGS = ["--preset", "digits-resnet20", "--workers", "2", "--epochs", "6", "--period", "2",
+               "--lambda2", "0.2", "--seed", "3", "--batch-size", "32"]
 
 
 def job_main(name: str):

@@ -8,21 +8,12 @@ import psutil
 import pytest
 
 from csg.results import ResultStore
+from tests.helpers import DIGITS_ARGS as ARGS
 from tests.helpers import job_main, make_imagefolder
 
-ARGS = ["--preset", "digits-resnet20", "--workers", "2", "--epochs", "6", "--period", "2",
-        "--lambda2", "0.2", "--seed", "3", "--batch-size", "32"]
 
-
-@pytest.fixture(scope="module")
-def uninterrupted(ray_local, tmp_path_factory):
-    results = tmp_path_factory.mktemp("uninterrupted")
-    row = job_main("train_cifar")([*ARGS, "--results", str(results), "--run-id", "plain"])
-    return results, row
-
-
-def test_two_worker_run_writes_all_tables(uninterrupted):
-    results, row = uninterrupted
+def test_two_worker_run_writes_all_tables(digits_run):
+    results, row = digits_run
     assert row["status"] == "finished" and row["epochs_completed"] == 6
     epochs = pd.read_parquet(results / "epochs")
     assert list(epochs["epoch"]) == list(range(6))
@@ -44,8 +35,8 @@ def _worker_pids():
             if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))}
 
 
-def test_killed_worker_resumes_from_checkpoint_with_the_same_gate(uninterrupted, tmp_path):
-    reference_dir, _ = uninterrupted
+def test_killed_worker_resumes_from_checkpoint_with_the_same_gate(digits_run, tmp_path):
+    reference_dir, _ = digits_run
     results = tmp_path / "killed"
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(job_main("train_cifar")(
