@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+import torch
+
+from csg import data
+from tests.helpers import make_cifar10, make_imagefolder
+
+
+def test_digits_is_a_fixed_stratified_split_in_unit_range():
+    info = data.describe("digits", None)
+    train, test = data.load("digits", None)
+    assert (info.num_classes, info.train_size, info.in_channels) == (10, 1437, 1)
+    assert len(train) + len(test) == 1797
+    x, y = test.tensors
+    assert x.shape[1:] == (1, 8, 8) and 0 <= x.min() and x.max() <= 1
+    assert np.bincount(y.numpy()).min() >= 35  # every class present in the test split
+    again = data.load("digits", None)[1].tensors[1]
+    assert torch.equal(y, again)
+
+
+def test_cifar_pickles_load_with_augmentation_on_train_only(tmp_path):
+    root = make_cifar10(tmp_path)
+    info = data.describe("cifar10", str(root))
+    train, test = data.load("cifar10", str(root))
+    assert (info.num_classes, info.train_size) == (10, 100) and len(test) == 20
+    image, label = test[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
+    assert torch.equal(test[0][0], test[0][0])
+    torch.manual_seed(0)
+    crops = {tuple(train[0][0].flatten()[:64].tolist()) for _ in range(8)}
+    assert len(crops) > 1  # random crop/flip on the training side
+
+
+def test_missing_cifar_files_are_named(tmp_path):
+    root = make_cifar10(tmp_path)
+    (root / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(data.DataError, match="data_batch_3"):
+        data.describe("cifar10", str(root))
+    assert not data.cifar_present("cifar10", str(root))
+
+
+def test_imagefolder_tree(tmp_path):
+    root = make_imagefolder(tmp_path, per_class=(4, 2), size=50)
+    info = data.describe("imagefolder", str(root))
+    train, test = data.load("imagefolder", str(root), image_size=32)
+    assert (info.num_classes, info.train_size) == (3, 12) and len(test) == 6
+    assert train[0][0].shape == (3, 32, 32) and test[0][0].shape == (3, 32, 32)
+    assert train.classes == ["cat", "dog", "owl"]
