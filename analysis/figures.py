@@ -17,7 +17,8 @@ def as_matrix(rows: pd.DataFrame, value: str) -> np.ndarray:
 
 
 def plot_gate(gate: np.ndarray, path: Path, title: str = "CSG gate matrix G") -> Path:
-    fig, ax = plt.subplots(figsize=(max(6, gate.shape[1] / 8), max(2.5, gate.shape[0] / 3)))
+    fig, ax = plt.subplots(figsize=(max(6, gate.shape[1] / 8), max(2.5, gate.shape[0] / 3)),
+                           constrained_layout=True)
     image = ax.imshow(gate, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     ax.set(xlabel="filter k", ylabel="class c", title=title)
     fig.colorbar(image, ax=ax, fraction=0.03)
@@ -25,13 +26,14 @@ def plot_gate(gate: np.ndarray, path: Path, title: str = "CSG gate matrix G") ->
 
 
 def plot_mi_pair(panels: dict[str, tuple[np.ndarray, float]], path: Path) -> Path:
-    """Side-by-side MI matrices (C, K), one per labelled run, on a shared colour scale."""
+    """MI matrices M (K filters x C classes) side by side, one per labelled run, one colour scale."""
     vmax = max(float(m.max()) for m, _ in panels.values()) or 1.0
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels)), squeeze=False)
-    for ax, (label, (matrix, score)) in zip(axes[:, 0], panels.items()):
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1, 7), squeeze=False,
+                             constrained_layout=True)
+    for ax, (label, (matrix, score)) in zip(axes[0], panels.items()):
         image = ax.imshow(matrix, cmap="magma", vmin=0, vmax=vmax, aspect="auto", interpolation="nearest")
-        ax.set(xlabel="filter k", ylabel="class c", title=f"MI matrix, {label} (MIS = {score:.4f})")
-    fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.03)
+        ax.set(xlabel="class c", ylabel="filter k", title=f"{label}: MIS = {score:.4f}")
+    fig.colorbar(image, ax=axes[0].tolist(), fraction=0.05, label="MI(a_k ; 1{y=c})")
     return _save(fig, path)
 
 

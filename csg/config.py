@@ -79,11 +79,13 @@ PRESETS: dict[str, dict] = {
     "imagenet-resnet18": dict(
         dataset="imagefolder", model="resnet18", batch_size=256, optimizer="sgd", lr=0.1,
         momentum=0.9, epochs=120, warmup=0, period=3, csg_epochs=1, workers=4, image_size=224,
+        g_density=0.1,  # Table 1: interval [0.001, 0.1]
     ),
     "voc-resnet152": dict(
         dataset="imagefolder", model="resnet152", batch_size=32, optimizer="adam", lr=1e-5,
         csg_lr=1e-3, weight_decay=0.0, epochs=150, warmup=10, period=3, csg_epochs=2,
         std_frozen="layer2", csg_frozen="layer3", image_size=128, lr_schedule="constant",
+        g_density=0.2,  # Table 1: interval [0.1667, 0.2]
     ),
     # The embedded default: real 8x8 handwritten digits, minutes on a laptop CPU.
     "digits-resnet20": dict(

@@ -56,7 +56,7 @@ def main(argv=None) -> pd.DataFrame:
     figures = Path(args.results) / "figures"
     plot_gate(as_matrix(store.read("gates", run_ids["csg"]), "value"), figures / "quickstart_gate.png")
     plot_mi_pair(
-        {m.upper(): (as_matrix(store.read("mi", run_ids[m]), "mi"), float(runs.loc[runs["method"] == m, "mis"].iloc[0]))
+        {m.upper(): (as_matrix(store.read("mi", run_ids[m]), "mi").T, float(runs.loc[runs["method"] == m, "mis"].iloc[0]))
          for m in ("csg", "std")},
         figures / "quickstart_mi.png",
     )
