@@ -22,15 +22,14 @@ from csg.gate import ClassSpecificGate, sparsity_loss
 def epoch_path(epoch: int, cfg: TrainConfig) -> str:
     """'std', 'csg' or 'joint' for a 0-based epoch (Algorithm 1).
 
-    After `warmup` STD epochs, each block of `period` epochs ends with `csg_epochs` CSG
-    epochs, so the features first train on the STD path before the gate constrains them.
+    From epoch `warmup` on, an epoch is on the CSG path when its index modulo `period` falls in
+    the last `csg_epochs` of the period, as the authors' code decides it; the others train STD.
     """
     if cfg.method == "std" or epoch < cfg.warmup:
         return "std"
     if cfg.scheme == "joint":
         return "joint"
-    position = (epoch - cfg.warmup) % cfg.period
-    return "csg" if position >= cfg.period - cfg.csg_epochs else "std"
+    return "csg" if epoch % cfg.period >= cfg.period - cfg.csg_epochs else "std"
 
 
 def optimizer_roles(cfg: TrainConfig) -> tuple[str, ...]:
@@ -53,20 +52,23 @@ def build_optimizers(model: nn.Module, gate: ClassSpecificGate | None, cfg: Trai
         if role != "std" and gate is not None and gate.learnable:
             groups.append({"params": [gate.weight], "weight_decay": 0.0})
         if cfg.optimizer == "sgd":
-            optimizers[role] = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+            optimizers[role] = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
         else:
             optimizers[role] = torch.optim.Adam(groups, lr=lr)
     return optimizers
 
 
 def build_schedulers(optimizers: dict, cfg: TrainConfig):
-    """Per-epoch schedules; every path's rate follows the global epoch, used or not."""
-    if cfg.lr_schedule == "constant":
-        return {k: torch.optim.lr_scheduler.LambdaLR(o, lambda e: 1.0) for k, o in optimizers.items()}
-    return {
-        k: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=cfg.epochs)
-        for k, o in optimizers.items()
-    }
+    """Per-epoch schedules. Every path's rate follows the global epoch, trained or not, so a
+    CSG epoch late in training runs at the same reduced rate as the STD epoch beside it."""
+    def factor(epoch: int) -> float:
+        if cfg.lr_schedule == "multistep":  # x0.1 at 40%, 60% and 80% of training
+            return 0.1 ** sum(epoch >= m * cfg.epochs for m in (0.4, 0.6, 0.8))
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        return 1.0
+
+    return {k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in optimizers.items()}
 
 
 def step_schedulers(schedulers: dict) -> None:

@@ -8,7 +8,7 @@ import time
 import ray
 
 from csg import ray_train, run_record
-from csg.config import TrainConfig, resolved_g_density
+from csg.config import TrainConfig, resolved_g_density, with_absolute_paths
 from csg.data import DatasetInfo
 from csg.gate import l1_interval
 from csg.results import ResultStore
@@ -32,6 +32,7 @@ def init_ray(**local_kwargs) -> None:
 
 def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None) -> dict:
     """Train one validated config; returns its `runs` row as a dict."""
+    cfg = with_absolute_paths(cfg)
     run_id = run_id or cfg.run_id or run_record.new_run_id(cfg)
     store = ResultStore(cfg.results)
     low, high = l1_interval(info.num_classes, resolved_g_density(cfg, info.num_classes))

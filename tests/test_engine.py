@@ -19,16 +19,32 @@ def paths(**overrides):
     "overrides, expected",
     [
         (dict(warmup=0, period=3, csg_epochs=1, epochs=9), "SSCSSCSSC"),
-        (dict(warmup=2, period=3, csg_epochs=2, epochs=8), "SSSCCSCC"),
+        (dict(warmup=2, period=3, csg_epochs=2, epochs=8), "SSCSCCSC"),
         (dict(warmup=1, period=1, csg_epochs=1, epochs=4), "SCCC"),
         (dict(warmup=0, period=4, csg_epochs=4, epochs=4), "CCCC"),
-        (dict(warmup=3, period=2, csg_epochs=1, epochs=7), "SSSSCSC"),
+        (dict(warmup=3, period=2, csg_epochs=1, epochs=7), "SSSCSCS"),
+        (dict(warmup=10, period=3, csg_epochs=2, epochs=14), "SSSSSSSSSSCCSC"),
         (dict(method="std", period=3, csg_epochs=1, epochs=4), "SSSS"),
         (dict(scheme="joint", warmup=1, epochs=3), "SJJ"),
     ],
 )
 def test_path_schedule(overrides, expected):
     assert paths(**overrides) == expected
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [("multistep", [1, 1, 0.1, 0.01, 0.001]), ("constant", [1] * 5), ("cosine", [1, 0.9045, 0.6545, 0.3455, 0.0955])],
+)
+def test_learning_rate_schedules(schedule, expected):
+    cfg, model, gate, opts = _setup(lr_schedule=schedule)
+    cfg.epochs = 5
+    schedulers = engine.build_schedulers(opts, cfg)
+    seen = []
+    for _ in range(5):
+        seen.append(opts["csg"].param_groups[0]["lr"] / cfg.lr)
+        engine.step_schedulers(schedulers)
+    assert seen == pytest.approx(expected, abs=1e-4)
 
 
 def _toy(n=32, classes=3, seed=0):

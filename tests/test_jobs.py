@@ -4,8 +4,9 @@ import pandas as pd
 from tests.helpers import job_main, make_imagefolder
 
 
-def test_quickstart_writes_tables_figures_and_prints_table1(ray_local, tmp_path, capsys):
-    table = job_main("quickstart")(["--results", str(tmp_path), "--epochs", "3"])
+def test_quickstart_writes_tables_figures_and_prints_table1(ray_local, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)  # a relative results root must land here, not in a worker's cwd
+    table = job_main("quickstart")(["--results", tmp_path.name, "--epochs", "3"])
     out = capsys.readouterr().out
     assert list(table["training"]) == ["CSG", "STD"]
     assert "MIS" in out and "L1-interval" in out and "[0.1, 0.1]" in out
