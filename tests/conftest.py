@@ -12,7 +12,7 @@ def ray_local(tmp_path_factory):
     """One local Ray for the whole session (2 cores here: keep worker counts at 2)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+    ray.init(num_cpus=2, logging_level=logging.WARNING,
              _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield ray
     ray.shutdown()

@@ -68,3 +68,15 @@ def test_train_cifar_on_an_imagefolder_tree(ray_local, tmp_path):
                                    "--image-size", "32", "--results", str(tmp_path / "r")])
     assert row["status"] == "finished" and row["num_classes"] == 3
     assert len(pd.read_parquet(tmp_path / "r" / "gates")) == 3 * 64
+
+
+def test_rerun_of_a_run_id_resumes_from_its_latest_checkpoint(ray_local, tmp_path, capfd):
+    args = ["--preset", "digits-resnet20", "--run-id", "again", "--results", str(tmp_path), "--period", "2"]
+    job_main("train_cifar")([*args, "--epochs", "2"])
+    first = pd.read_parquet(tmp_path / "epochs")
+    row = job_main("train_cifar")([*args, "--epochs", "3"])
+    assert "resuming after epoch 2" in capfd.readouterr().out
+    epochs = pd.read_parquet(tmp_path / "epochs")
+    assert list(epochs["epoch"]) == [0, 1, 2] and row["epochs_completed"] == 3
+    pd.testing.assert_frame_equal(epochs.iloc[:2], first)  # the first two epochs were not retrained
+    assert len(pd.read_parquet(tmp_path / "runs")) == 1
