@@ -75,16 +75,17 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "cifar10-resnet20": dict(
         dataset="cifar10", model="resnet20", batch_size=256, optimizer="sgd", lr=0.1,
-        momentum=0.9, epochs=200, warmup=0, period=3, csg_epochs=1,
+        momentum=0.9, epochs=200, warmup=0, period=3, csg_epochs=1, loader_workers=2,
     ),
     "imagenet-resnet18": dict(
         dataset="imagefolder", model="resnet18", batch_size=256, optimizer="sgd", lr=0.1,
         momentum=0.9, epochs=120, warmup=0, period=3, csg_epochs=1, workers=4, image_size=224,
+        loader_workers=8,
         g_density=0.1,  # Table 1: interval [0.001, 0.1]
     ),
     "voc-resnet152": dict(
         dataset="imagefolder", model="resnet152", batch_size=32, optimizer="adam", lr=1e-5,
-        csg_lr=1e-3, weight_decay=0.0, epochs=150, warmup=10, period=3, csg_epochs=2,
+        csg_lr=1e-3, weight_decay=0.0, epochs=150, loader_workers=4, warmup=10, period=3, csg_epochs=2,
         std_frozen="layer2", csg_frozen="layer3", image_size=128,
         g_density=0.2,  # Table 1: interval [0.1667, 0.2]
         lambda2=1e-3,  # the authors' VOC code

@@ -4,6 +4,7 @@ Rank 0 alone writes tables and checkpoints; every rank reports once per epoch (a
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import tempfile
@@ -83,12 +84,13 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         test_acc = _global_accuracy(wrapped, test_loader, device, world)
         if world > 1 and gate is not None:
             _check_gate_identical(gate, epoch)
+        mean = functools.partial(_mean_across, world=world, device=device)
         row = {
             "epoch": epoch, "path": path, "lr_std": lrs["std"],
             "lr_csg": lrs.get("csg", lrs.get("joint", math.nan)),
-            "loss_total": _mean_across(stats.loss_total, world), "loss_ce_std": _mean_across(stats.loss_ce_std, world),
-            "loss_ce_csg": _mean_across(stats.loss_ce_csg, world),
-            "loss_sparsity": stats.loss_sparsity, "train_acc": _mean_across(stats.train_acc, world),
+            "loss_total": mean(stats.loss_total), "loss_ce_std": mean(stats.loss_ce_std),
+            "loss_ce_csg": mean(stats.loss_ce_csg), "loss_sparsity": stats.loss_sparsity,
+            "train_acc": mean(stats.train_acc),
             "test_acc": test_acc, "l1_density": l1_density(gate.matrix.detach()) if gate is not None else math.nan,
             "epoch_time_s": stats.seconds,
         }
@@ -152,23 +154,24 @@ def _average_grad(param: torch.Tensor) -> None:
 
 def _global_accuracy(model, loader, device, world) -> float:
     correct, total = engine.evaluate(model, loader, device)
-    counts = torch.tensor([correct, total], dtype=torch.float64)
+    counts = torch.tensor([correct, total], dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(counts)
     return float(counts[0] / counts[1])
 
 
-def _mean_across(value: float, world: int) -> float:
+def _mean_across(value: float, world: int, device: torch.device) -> float:
+    """Mean of a per-rank number over ranks (tensors on `device`: NCCL cannot reduce CPU ones)."""
     if world == 1 or math.isnan(value):
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t) / world
 
 
 def _check_gate_identical(gate: ClassSpecificGate, epoch: int) -> None:
     """Every rank must hold the same G bit for bit; a mismatch is a bug, never averaged away."""
-    mine = gate.matrix.detach().cpu().contiguous()
+    mine = gate.matrix.detach().contiguous()
     gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, mine)
     if not all(torch.equal(mine, other) for other in gathered):
