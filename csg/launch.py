@@ -59,4 +59,5 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None) -> dic
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     run_record.write_run(store, run_id, cfg, summary)
+    print(run_record.summary_line(run_id, cfg, summary), flush=True)
     return {"run_id": run_id, **summary}

@@ -87,3 +87,15 @@ def epoch_line(run_id: str, row: dict, epochs: int) -> str:
     if not math.isnan(row["l1_density"]):
         parts.append(f"l1_density {row['l1_density']:.4f}")
     return "  ".join(parts) + f"  ({row['epoch_time_s']:.1f}s)"
+
+
+def summary_line(run_id: str, cfg: TrainConfig, summary: dict) -> str:
+    density = "" if cfg.method == "std" else (
+        f", L1-density {summary['l1_density']:.4f} in [{summary['l1_interval_low']:.4g}, "
+        f"{summary['l1_interval_high']:.4g}]"
+    )
+    return (
+        f"run {run_id} finished: {summary['epochs_completed']} epochs, "
+        f"accuracy {summary['final_acc']:.4f} (best {summary['best_acc']:.4f}), "
+        f"MIS {summary['mis']:.4f}{density}, {summary['wall_time_s']:.0f} s; tables under {cfg.results}"
+    )

@@ -10,8 +10,7 @@ from csg.launch import train
 
 def main(argv=None) -> dict:
     parser = get_args_parser("cifar10-resnet20", __doc__.splitlines()[0])
-    cfg, info = parse_config(parser, argv)
-    return train(cfg, info)
+    return train(*parse_config(parser, argv))
 
 
 if __name__ == "__main__":
