@@ -79,6 +79,18 @@ def get_args_parser(default_preset: str, description: str) -> argparse.ArgumentP
     return parser
 
 
+def training_main(default_preset: str, description: str, argv=None) -> dict:
+    """A training job: parse and validate, train, and turn a failed run into one line, exit 1."""
+    from csg.launch import RunError, train
+
+    parser = get_args_parser(default_preset, description)
+    cfg, info = parse_config(parser, argv)
+    try:
+        return train(cfg, info)
+    except RunError as exc:
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
+
+
 def parse_config(parser: argparse.ArgumentParser, argv=None) -> tuple[TrainConfig, DatasetInfo]:
     """Apply the preset, parse, validate; any problem exits 2 with one line before Ray starts."""
     argv = sys.argv[1:] if argv is None else argv

@@ -1,7 +1,7 @@
 """The training engine: path schedule, per-path optimizers, one epoch, evaluation.
 
 Plain PyTorch; runs with or without Ray and with or without DDP. Under DDP the gate lives
-outside the wrapped model, so the caller passes `reduce_gate_grad` to average its gradient
+outside the wrapped model, so the caller passes a `RankSync` that averages its gradient
 across ranks (every rank runs the same path in the same epoch, so all of them call it).
 """
 from __future__ import annotations
@@ -84,6 +84,16 @@ class DivergedError(RuntimeError):
     """A loss became NaN or inf."""
 
 
+class RankSync:
+    """How ranks agree during an epoch. One process needs no agreement: these are no-ops."""
+
+    def average_grad(self, param: torch.Tensor) -> None:
+        pass
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+
 @dataclass
 class EpochStats:
     loss_total: float = 0.0
@@ -92,6 +102,7 @@ class EpochStats:
     loss_sparsity: float = math.nan
     train_acc: float = 0.0
     seconds: float = 0.0
+    samples: int = 0
 
 
 def train_one_epoch(
@@ -104,9 +115,13 @@ def train_one_epoch(
     g: float,
     device: torch.device,
     epoch: int = 0,
-    reduce_gate_grad=None,
+    sync: RankSync = RankSync(),
 ) -> EpochStats:
-    """Train one epoch on `path`; returns this rank's mean losses and accuracy."""
+    """Train one epoch on `path`; returns this rank's mean losses and accuracy.
+
+    A non-finite loss on any rank stops every rank at the same step (a lone rank raising
+    would leave the others waiting in the gradient all-reduce).
+    """
     model.train()
     sums = {"total": 0.0, "ce_std": 0.0, "ce_csg": 0.0, "sparsity": 0.0}
     correct = seen = 0
@@ -132,12 +147,11 @@ def train_one_epoch(
             loss = cfg.lambda1 * terms["ce_csg"] + cfg.lambda2 * terms["sparsity"]
             if path == "joint":
                 loss = loss + terms["ce_std"]
-        if not torch.isfinite(loss):
-            raise DivergedError(f"loss is {loss.item()} at epoch {epoch}, step {step} ({path} path)")
+        if sync.any(not torch.isfinite(loss).item()):
+            raise DivergedError(f"loss is not finite at epoch {epoch}, step {step} ({path} path)")
         loss.backward()
         if path != "std" and gate.learnable:
-            if reduce_gate_grad is not None:
-                reduce_gate_grad(gate.weight)
+            sync.average_grad(gate.weight)
             optimizer.step()
             gate.project_()
         else:
@@ -148,15 +162,15 @@ def train_one_epoch(
         sums["total"] += loss.item() * n
         for name, value in terms.items():
             sums[name] += value.item() * n
-    seen = max(seen, 1)
     stats = EpochStats(
-        loss_total=sums["total"] / seen,
-        train_acc=correct / seen,
+        loss_total=sums["total"] / max(seen, 1),
+        train_acc=correct / max(seen, 1),
         seconds=time.perf_counter() - start,
+        samples=seen,
     )
     for name in ("ce_std", "ce_csg", "sparsity"):
         used = name == "ce_std" and path != "csg" or name != "ce_std" and path != "std"
-        setattr(stats, f"loss_{name}", sums[name] / seen if used else math.nan)
+        setattr(stats, f"loss_{name}", sums[name] / max(seen, 1) if used else math.nan)
     return stats
 
 

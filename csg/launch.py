@@ -30,6 +30,19 @@ def init_ray(**local_kwargs) -> None:
     ray.init(logging_level=logging.WARNING, **local_kwargs)
 
 
+class RunError(RuntimeError):
+    """A run that did not finish; the message is one line naming why."""
+
+
+def root_cause(exc: BaseException) -> str:
+    """The first line of the error a worker raised, without Ray's wrapping."""
+    for failure in getattr(exc, "worker_failures", {}).values():
+        exc = getattr(failure, "cause", None) or failure
+        break
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+
+
 def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None) -> dict:
     """Train one validated config; returns its `runs` row as a dict."""
     cfg = with_absolute_paths(cfg)
@@ -47,17 +60,21 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None) -> dic
     init_ray()
     try:
         result_summary, result = ray_train.fit(cfg, run_id)
-    except Exception:
+    except Exception as exc:
         run_record.write_run(store, run_id, cfg, {**summary, "status": "failed"})
-        raise
+        raise RunError(f"run {run_id} failed: {root_cause(exc)}") from exc
     best = result.get_best_checkpoint(ray_train.SCORE, "max") if result.best_checkpoints else None
+    diverged = result_summary.pop("diverged", None)
     summary.update(result_summary)
     summary.update(
-        status="finished",
+        status="diverged" if diverged else "finished",
         checkpoint=result.checkpoint.path if result.checkpoint else None,
         best_checkpoint=best.path if best else None,
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     run_record.write_run(store, run_id, cfg, summary)
+    if diverged:
+        kept = f"last good checkpoint {summary['checkpoint']}" if summary["checkpoint"] else "no checkpoint yet"
+        raise RunError(f"run {run_id} diverged: {diverged}; {kept}")
     print(run_record.summary_line(run_id, cfg, summary), flush=True)
     return {"run_id": run_id, **summary}

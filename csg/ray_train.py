@@ -74,11 +74,15 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         sampler.set_epoch(epoch)
         path = engine.epoch_path(epoch, cfg)
-        role = "std" if path == "std" else path
-        stats = engine.train_one_epoch(
-            wrapped, gate, train_loader, path, optimizers[role], cfg, g, device, epoch,
-            reduce_gate_grad=_average_grad if world > 1 else None,
-        )
+        try:
+            stats = engine.train_one_epoch(
+                wrapped, gate, train_loader, path, optimizers[path], cfg, g, device, epoch,
+                sync=DistributedSync(device) if world > 1 else engine.RankSync(),
+            )
+        except engine.DivergedError as exc:
+            # Every rank stops here together. Ending normally (not raising) keeps Ray from
+            # restarting a run that would only diverge again from the same checkpoint.
+            return {"diverged": str(exc), "epochs_completed": len(history)}
         lrs = {k: o.param_groups[0]["lr"] for k, o in optimizers.items()}
         engine.step_schedulers(schedulers)
         test_acc = _global_accuracy(wrapped, test_loader, device, world)
@@ -145,11 +149,22 @@ def make_gate(cfg: TrainConfig, num_classes: int, num_filters: int) -> ClassSpec
     return ClassSpecificGate(num_classes, num_filters)
 
 
-def _average_grad(param: torch.Tensor) -> None:
-    if param.grad is None:
-        param.grad = torch.zeros_like(param)
-    dist.all_reduce(param.grad)
-    param.grad.div_(dist.get_world_size())
+class DistributedSync(engine.RankSync):
+    """Collectives over the default process group, on the worker's device (NCCL needs CUDA)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def average_grad(self, param: torch.Tensor) -> None:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        dist.all_reduce(param.grad)
+        param.grad.div_(dist.get_world_size())
+
+    def any(self, flag: bool) -> bool:
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
 
 def _global_accuracy(model, loader, device, world) -> float:

@@ -4,13 +4,11 @@
     python jobs/train_cifar.py --dataset digits --epochs 6 --workers 2   # no download needed
     python jobs/train_cifar.py --method std ...                          # the baseline
 """
-from csg.cli import get_args_parser, parse_config
-from csg.launch import train
+from csg.cli import training_main
 
 
 def main(argv=None) -> dict:
-    parser = get_args_parser("cifar10-resnet20", __doc__.splitlines()[0])
-    return train(*parse_config(parser, argv))
+    return training_main("cifar10-resnet20", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,11 @@
     ray job submit --working-dir . -- python jobs/train_imagenet.py --data /data/imagenet --gpu
     python jobs/train_imagenet.py --preset voc-resnet152 --data /data/voc6 --weights r152.pth
 """
-from csg.cli import get_args_parser, parse_config
-from csg.launch import train
+from csg.cli import training_main
 
 
 def main(argv=None) -> dict:
-    parser = get_args_parser("imagenet-resnet18", __doc__.splitlines()[0])
-    return train(*parse_config(parser, argv))
+    return training_main("imagenet-resnet18", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from csg import engine
 from csg.config import TrainConfig
 from csg.gate import ClassSpecificGate
 from csg.models import build_model
-from csg.ray_train import _average_grad
+from csg.ray_train import DistributedSync
 
 
 def _rank_main(rank, port, results):
@@ -27,24 +27,29 @@ def _rank_main(rank, port, results):
     data = TensorDataset(torch.rand(48, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(48) % 3)
     sampler = DistributedSampler(data, 2, rank, seed=0)
     loader = DataLoader(data, batch_size=8, sampler=sampler)
-    steps_checked = 0
 
-    def checked_average(param):
-        nonlocal steps_checked
-        everyone = [torch.empty_like(param.data) for _ in range(2)]
-        dist.all_gather(everyone, param.data)
-        assert torch.equal(everyone[0], everyone[1]), "G differs across ranks"
-        steps_checked += 1
-        _average_grad(param)
+    class CheckedSync(DistributedSync):
+        """Before each gate update, compare G across ranks, bit for bit."""
+
+        steps_checked = 0
+
+        def average_grad(self, param):
+            everyone = [torch.empty_like(param.data) for _ in range(2)]
+            dist.all_gather(everyone, param.data)
+            assert torch.equal(everyone[0], everyone[1]), "G differs across ranks"
+            self.steps_checked += 1
+            super().average_grad(param)
+
+    sync = CheckedSync(torch.device("cpu"))
 
     for epoch, path in enumerate(["std", "csg", "std", "csg"]):
         sampler.set_epoch(epoch)
         role = "std" if path == "std" else "csg"
         engine.train_one_epoch(wrapped, gate, loader, path, optimizers[role], cfg, 64.0,
-                               torch.device("cpu"), epoch, reduce_gate_grad=checked_average)
+                               torch.device("cpu"), epoch, sync=sync)
     everyone = [torch.empty_like(gate.weight.data) for _ in range(2)]
     dist.all_gather(everyone, gate.weight.data)
-    results[rank] = (steps_checked, torch.equal(everyone[0], everyone[1]), float(gate.weight.sum()))
+    results[rank] = (sync.steps_checked, torch.equal(everyone[0], everyone[1]), float(gate.weight.sum()))
     dist.destroy_process_group()
 
 

@@ -119,7 +119,7 @@ def test_nan_loss_names_epoch_and_step():
     x = torch.rand(16, 1, 8, 8)
     x[9] = float("nan")
     loader = DataLoader(TensorDataset(x, torch.arange(16) % 3), batch_size=8)
-    with pytest.raises(engine.DivergedError, match="epoch 4, step 1"):
+    with pytest.raises(engine.DivergedError, match="not finite at epoch 4, step 1"):
         engine.train_one_epoch(model, gate, loader, "std", opts["std"], cfg, 64.0, torch.device("cpu"), epoch=4)
 
 

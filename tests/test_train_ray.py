@@ -80,3 +80,19 @@ def test_rerun_of_a_run_id_resumes_from_its_latest_checkpoint(ray_local, tmp_pat
     assert list(epochs["epoch"]) == [0, 1, 2] and row["epochs_completed"] == 3
     pd.testing.assert_frame_equal(epochs.iloc[:2], first)  # the first two epochs were not retrained
     assert len(pd.read_parquet(tmp_path / "runs")) == 1
+
+
+def test_divergence_is_one_line_and_keeps_rows_and_last_good_checkpoint(ray_local, tmp_path, capsys):
+    # lambda2 * (||G||_1 - g) overflows float32 on the first CSG step (epoch 2 with period 3).
+    with pytest.raises(SystemExit) as exit_info:
+        job_main("train_cifar")(["--preset", "digits-resnet20", "--epochs", "4", "--lambda2", "1e37",
+                                 "--run-id", "boom", "--results", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1
+    assert "diverged: loss is not finite at epoch 2, step 0 (csg path); last good checkpoint" in err[-1]
+    assert list(pd.read_parquet(tmp_path / "epochs")["epoch"]) == [0, 1]
+    runs = pd.read_parquet(tmp_path / "runs")
+    assert runs.loc[0, "status"] == "diverged" and runs.loc[0, "epochs_completed"] == 2
+    from csg.checkpoint import read
+
+    assert read(runs.loc[0, "checkpoint"])["epoch"] == 1
