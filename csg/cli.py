@@ -47,6 +47,7 @@ HELP = {
     "workers": "Ray Train workers (DDP ranks)",
     "gpu": "one GPU per worker, NCCL backend (gloo on CPU otherwise)",
     "loader_workers": "DataLoader processes per worker",
+    "skip_bad_images": "skip (and count, in the epochs table) ImageFolder files that cannot be decoded",
     "results": "results root: a local path or a pyarrow filesystem URI",
     "storage": "Ray Train checkpoint storage (default: <results>/checkpoints)",
     "keep_checkpoints": "best checkpoints kept by test accuracy (the latest is kept too); 0 keeps all",

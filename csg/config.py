@@ -53,6 +53,7 @@ class TrainConfig:
     workers: int = 1
     gpu: bool = False
     loader_workers: int = 0
+    skip_bad_images: bool = False
     results: str = "results"
     storage: str | None = None  # Ray Train checkpoint storage; defaults to <results>/checkpoints
     keep_checkpoints: int = 2

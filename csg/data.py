@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset, default_collate
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
@@ -36,6 +36,10 @@ DEFAULT_DATA_ROOT = "data"
 
 class DataError(ValueError):
     """The data set is missing or malformed; the message names what was expected."""
+
+
+class BadImageError(OSError):
+    """An image file that cannot be decoded; the message names its path."""
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,14 @@ def describe(name: str, root: str | None) -> DatasetInfo:
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_CHOICES)}")
 
 
-def load(name: str, root: str | None, image_size: int = 224) -> tuple[Dataset, Dataset]:
-    """(train, test) with the standard augmentation of each data set on the training side."""
+def load(
+    name: str, root: str | None, image_size: int = 224, skip_bad_images: bool = False
+) -> tuple[Dataset, Dataset]:
+    """(train, test) with the standard augmentation of each data set on the training side.
+
+    With `skip_bad_images`, an unreadable ImageFolder file yields None (dropped by
+    `collate_skipping_bad`) instead of raising `BadImageError`.
+    """
     if name == "digits":
         x_train, x_test, y_train, y_test = _digits_split()
         return (
@@ -85,8 +95,8 @@ def load(name: str, root: str | None, image_size: int = 224) -> tuple[Dataset, D
             [T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor()]
         )
         return (
-            tv_datasets.ImageFolder(str(Path(root) / "train"), train_tf),
-            tv_datasets.ImageFolder(str(Path(root) / "val"), eval_tf),
+            CheckedImageFolder(str(Path(root) / "train"), train_tf, skip_bad=skip_bad_images),
+            CheckedImageFolder(str(Path(root) / "val"), eval_tf, skip_bad=skip_bad_images),
         )
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_CHOICES)}")
 
@@ -189,6 +199,29 @@ def _unpickle(path: Path) -> dict:
 
 
 # -- ImageFolder --------------------------------------------------------------------------
+
+
+class CheckedImageFolder(tv_datasets.ImageFolder):
+    """ImageFolder whose decoding errors name the file, or skip it when asked."""
+
+    def __init__(self, root: str, transform, skip_bad: bool = False):
+        super().__init__(root, transform)
+        self.skip_bad = skip_bad
+
+    def __getitem__(self, index):
+        path = self.samples[index][0]
+        try:
+            return super().__getitem__(index)
+        except (OSError, ValueError) as exc:
+            if self.skip_bad:
+                return None
+            raise BadImageError(f"unreadable image {path} ({exc}); --skip-bad-images skips such files") from exc
+
+
+def collate_skipping_bad(batch):
+    """Default collation of the samples that decoded; skipped ones arrive as None."""
+    return default_collate([sample for sample in batch if sample is not None])
+
 
 
 def _imagefolder_classes(root) -> list[str]:

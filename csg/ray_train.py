@@ -39,9 +39,10 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     torch.manual_seed(cfg.seed)
 
     info = data_lib.describe(cfg.dataset, cfg.data)
-    train_set, test_set = data_lib.load(cfg.dataset, cfg.data, cfg.image_size)
+    train_set, test_set = data_lib.load(cfg.dataset, cfg.data, cfg.image_size, cfg.skip_bad_images)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    loader_kw = dict(num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
+    loader_kw = dict(num_workers=cfg.loader_workers, pin_memory=device.type == "cuda",
+                     collate_fn=data_lib.collate_skipping_bad)
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size // world, sampler=sampler, **loader_kw)
     # Each rank scores a disjoint slice of the test set; the counts are summed, so no padding.
     test_shard = Subset(test_set, range(rank, len(test_set), world))
@@ -97,6 +98,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             "train_acc": mean(stats.train_acc),
             "test_acc": test_acc, "l1_density": l1_density(gate.matrix.detach()) if gate is not None else math.nan,
             "epoch_time_s": stats.seconds,
+            "skipped_images": _sum_across(len(sampler) - stats.samples, world, device),
         }
         history.append(row)
         metrics = {"epoch": epoch, SCORE: test_acc}
@@ -116,7 +118,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
 
 def _finish(cfg, run_id, model, gate, test_set, info, device, store, history, g) -> dict:
     """Rank 0, after the last epoch: MI matrix on the whole test set, gate and MI tables."""
-    loader = DataLoader(test_set, batch_size=max(cfg.batch_size, 256), num_workers=cfg.loader_workers)
+    loader = DataLoader(test_set, batch_size=max(cfg.batch_size, 256), num_workers=cfg.loader_workers,
+                        collate_fn=data_lib.collate_skipping_bad)
     features, labels, _ = engine.gap_features(model, loader, device)
     matrix = mi_matrix(features, labels, info.num_classes, cfg.mi_neighbors, random_state=cfg.seed)
     run_record.write_mi(store, run_id, matrix)
@@ -182,6 +185,14 @@ def _mean_across(value: float, world: int, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t) / world
+
+
+def _sum_across(count: int, world: int, device: torch.device) -> int:
+    if world == 1:
+        return count
+    t = torch.tensor([count], dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return int(t)
 
 
 def _check_gate_identical(gate: ClassSpecificGate, epoch: int) -> None:

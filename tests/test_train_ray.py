@@ -96,3 +96,21 @@ def test_divergence_is_one_line_and_keeps_rows_and_last_good_checkpoint(ray_loca
     from csg.checkpoint import read
 
     assert read(runs.loc[0, "checkpoint"])["epoch"] == 1
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_corrupt_image_is_named_or_skipped_and_counted(ray_local, tmp_path, capsys, skip):
+    tree = make_imagefolder(tmp_path / "tree")
+    bad = tree / "train" / "dog" / "1.png"
+    bad.write_bytes(b"not a png at all")
+    argv = ["--dataset", "imagefolder", "--data", str(tree), "--model", "resnet20", "--epochs", "1",
+            "--workers", "1", "--batch-size", "6", "--image-size", "32", "--loader-workers", "0",
+            "--results", str(tmp_path / "r"), *(["--skip-bad-images"] if skip else [])]
+    if skip:
+        job_main("train_cifar")(argv)
+        assert pd.read_parquet(tmp_path / "r" / "epochs")["skipped_images"].tolist() == [1]
+    else:
+        with pytest.raises(SystemExit) as exit_info:
+            job_main("train_cifar")(argv)
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exit_info.value.code == 1 and f"unreadable image {bad}" in err
