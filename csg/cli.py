@@ -82,12 +82,22 @@ def get_args_parser(default_preset: str, description: str) -> argparse.ArgumentP
 
 def training_main(default_preset: str, description: str, argv=None) -> dict:
     """A training job: parse and validate, train, and turn a failed run into one line, exit 1."""
-    from csg.launch import RunError, train
+    from csg.launch import train
 
     parser = get_args_parser(default_preset, description)
     cfg, info = parse_config(parser, argv)
+    return run_or_exit(parser, train, cfg, info)
+
+
+def run_or_exit(parser: argparse.ArgumentParser, launch, *args):
+    """Call `launch`; storage problems exit 2 and failed runs exit 1, each with one line."""
+    from csg.cluster import StorageError
+    from csg.launch import RunError
+
     try:
-        return train(cfg, info)
+        return launch(*args)
+    except StorageError as exc:
+        parser.error(str(exc))
     except RunError as exc:
         parser.exit(1, f"{parser.prog}: error: {exc}\n")
 

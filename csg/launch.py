@@ -1,33 +1,14 @@
 """Driver side of a training run: join or start Ray, record the run, fit, record the result."""
 from __future__ import annotations
 
-import logging
-import os
 import time
 
-import ray
-
-from csg import ray_train, run_record
+from csg import run_record
+from csg.cluster import StorageError, check_relative_paths, check_visible_from_every_node, init_ray
 from csg.config import TrainConfig, resolved_g_density, with_absolute_paths
 from csg.data import DatasetInfo
 from csg.gate import l1_interval
 from csg.results import ResultStore
-
-
-def init_ray(**local_kwargs) -> None:
-    """Join the cluster when RAY_ADDRESS is set (as under `ray job submit`), else start a local Ray.
-
-    Local-only arguments (num_cpus, temp dirs) are passed only when starting a local Ray.
-    """
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level=logging.WARNING)
-        return
-    # The Train controller registers each epoch's report at its next health check (every 2 s
-    # by default); on a local Ray that poll, not training, dominated short epochs.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    ray.init(logging_level=logging.WARNING, **local_kwargs)
 
 
 class RunError(RuntimeError):
@@ -44,8 +25,16 @@ def root_cause(exc: BaseException) -> str:
 
 
 def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None) -> dict:
-    """Train one validated config; returns its `runs` row as a dict."""
+    """Train one validated config; returns its `runs` row as a dict.
+
+    Storage problems raise StorageError before anything is written under the results root.
+    """
+    check_relative_paths({"results": cfg.results, "storage": cfg.storage})
     cfg = with_absolute_paths(cfg)
+    init_ray()
+    check_visible_from_every_node({"results": cfg.results, "storage": cfg.storage_path})
+    from csg import ray_train  # imports Ray, so only after init_ray chose how to start it
+
     run_id = run_id or cfg.run_id or run_record.new_run_id(cfg)
     store = ResultStore(cfg.results)
     low, high = l1_interval(info.num_classes, resolved_g_density(cfg, info.num_classes))
@@ -57,7 +46,6 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None) -> dic
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     run_record.write_run(store, run_id, cfg, summary)
-    init_ray()
     try:
         result_summary, result = ray_train.fit(cfg, run_id)
     except Exception as exc:

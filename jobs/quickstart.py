@@ -15,7 +15,7 @@ import pandas as pd
 
 from analysis.compare import table1
 from analysis.figures import as_matrix, plot_gate, plot_mi_pair
-from csg.cli import OneLineParser
+from csg.cli import OneLineParser, run_or_exit
 from csg.config import PRESETS, ConfigError, TrainConfig, validate
 from csg.launch import train
 from csg.results import ResultStore
@@ -49,7 +49,7 @@ def main(argv=None) -> pd.DataFrame:
     run_ids = {}
     for i, (method, cfg) in enumerate(configs.items(), 1):
         print(f"quickstart: training {method.upper()} ResNet-20 on digits ({i}/2, {cfg.epochs} epochs)", flush=True)
-        run_ids[method] = train(cfg, infos[method])["run_id"]
+        run_ids[method] = run_or_exit(parser, train, cfg, infos[method])["run_id"]
 
     store = ResultStore(args.results)
     runs = pd.concat([store.read("runs", run_ids[m]) for m in ("csg", "std")], ignore_index=True)

@@ -5,6 +5,8 @@ import pytest
 
 # Faster failure detection by the Train controller; must be set before Ray starts.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# A one-machine Ray on loopback, as the jobs start it (read when `ray` is first imported).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")
