@@ -1,0 +1,72 @@
+"""Node-loss scenario, run in its own process (it needs its own multi-node Ray).
+
+A 0-CPU head plus three 1-CPU nodes on this machine. An uninterrupted 2-worker CSG run gives
+the reference gate; then the same run again, and once it has checkpointed two epochs, the
+node that holds one of its workers is removed (SIGKILL of that node's raylet and everything
+under it). Prints one JSON line describing what happened.
+"""
+import json
+import sys
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import psutil
+import ray
+from ray.cluster_utils import Cluster
+
+from csg.config import PRESETS, TrainConfig, validate
+from csg.launch import train
+from csg.results import ResultStore
+
+
+def main(results: str, temp_dir: str) -> None:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
+    ray.init(address=cluster.address)
+    cfg = TrainConfig(**{**PRESETS["digits-resnet20"], "workers": 2, "epochs": 10, "period": 2,
+                         "lambda2": 0.2, "seed": 3, "batch_size": 32, "results": results,
+                         "max_failures": 1})
+    info = validate(cfg)
+    train(cfg, info, run_id="plain")
+
+    outcome, store = {}, ResultStore(results)
+    thread = threading.Thread(target=lambda: outcome.update(train(cfg, info, run_id="killed")))
+    thread.start()
+    killed = None
+    while thread.is_alive():
+        if killed is None and store.exists("epochs", "killed") and len(store.read("epochs", "killed")) >= 2:
+            killed = _remove_node_of_a_worker(cluster, nodes, store)
+        time.sleep(0.05)
+    thread.join()
+
+    gates = {run: pd.read_parquet(f"{results}/gates/run_id={run}")["value"].to_numpy() for run in ("plain", "killed")}
+    epochs = pd.read_parquet(f"{results}/epochs/run_id=killed")
+    print(json.dumps({
+        "killed": killed,
+        "status": outcome.get("status"),
+        "epochs": epochs["epoch"].tolist(),
+        "gate_max_abs_diff": float(np.abs(gates["plain"] - gates["killed"]).max()),
+        "gate_identical": bool(np.array_equal(gates["plain"], gates["killed"])),
+    }))
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _remove_node_of_a_worker(cluster, nodes, store) -> dict:
+    """Find a training worker's raylet among the added nodes and remove that node."""
+    workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+    raylets = {node.all_processes["raylet"][0].process.pid: node for node in nodes}
+    for worker in workers:
+        for parent in worker.parents():
+            if parent.pid in raylets:
+                node = raylets[parent.pid]
+                epochs_done = len(store.read("epochs", "killed"))
+                cluster.remove_node(node, allow_graceful=False)
+                return {"node_raylet_pid": parent.pid, "worker_pid": worker.pid, "after_epochs": epochs_done}
+    raise RuntimeError("no training worker found under the added nodes")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
