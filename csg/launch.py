@@ -56,8 +56,8 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None) -> dic
     summary.update(result_summary)
     summary.update(
         status="diverged" if diverged else "finished",
-        checkpoint=result.checkpoint.path if result.checkpoint else None,
-        best_checkpoint=best.path if best else None,
+        checkpoint=_location(result.checkpoint),
+        best_checkpoint=_location(best),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     run_record.write_run(store, run_id, cfg, summary)
@@ -66,3 +66,11 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None) -> dic
         raise RunError(f"run {run_id} diverged: {diverged}; {kept}")
     print(run_record.summary_line(run_id, cfg, summary), flush=True)
     return {"run_id": run_id, **summary}
+
+
+def _location(checkpoint) -> str | None:
+    """A checkpoint's directory as a path, or as a URI when it is not on the local disk."""
+    if checkpoint is None:
+        return None
+    kind = checkpoint.filesystem.type_name
+    return checkpoint.path if kind == "local" else f"{ {'gcs': 'gs'}.get(kind, kind)}://{checkpoint.path}"

@@ -5,7 +5,9 @@ the reference gate; then the same run again, and once it has checkpointed two ep
 node that holds one of its workers is removed (SIGKILL of that node's raylet and everything
 under it). Prints one JSON line describing what happened.
 """
+import contextlib
 import json
+import os
 import sys
 import threading
 import time
@@ -16,6 +18,8 @@ import psutil
 import ray
 from ray.cluster_utils import Cluster
 
+import csg.cluster
+from csg.cluster import StorageError, check_visible_from_every_node
 from csg.config import PRESETS, TrainConfig, validate
 from csg.launch import train
 from csg.results import ResultStore
@@ -29,7 +33,14 @@ def main(results: str, temp_dir: str) -> None:
                          "lambda2": 0.2, "seed": 3, "batch_size": 32, "results": results,
                          "max_failures": 1})
     info = validate(cfg)
-    train(cfg, info, run_id="plain")
+    blind_node = nodes[0].node_id
+    try:
+        with _pretend_blind(blind_node):
+            check_visible_from_every_node({"results": results})
+        refused = None
+    except StorageError as exc:
+        refused = str(exc)
+    train(cfg, info, run_id="plain")  # the real check passes: every node shares this disk
 
     outcome, store = {}, ResultStore(results)
     thread = threading.Thread(target=lambda: outcome.update(train(cfg, info, run_id="killed")))
@@ -49,9 +60,26 @@ def main(results: str, temp_dir: str) -> None:
         "epochs": epochs["epoch"].tolist(),
         "gate_max_abs_diff": float(np.abs(gates["plain"] - gates["killed"]).max()),
         "gate_identical": bool(np.array_equal(gates["plain"], gates["killed"])),
+        "blind_node": blind_node[:8],
+        "refused": refused,
     }))
     ray.shutdown()
     cluster.shutdown()
+
+
+@contextlib.contextmanager
+def _pretend_blind(node_id: str):
+    """Make one node unable to see any marker, as if the results root were not shared."""
+    original = csg.cluster._marker_exists
+
+    def marker_exists(path):
+        return ray.get_runtime_context().get_node_id() != node_id and os.path.exists(path)
+
+    csg.cluster._marker_exists = marker_exists
+    try:
+        yield
+    finally:
+        csg.cluster._marker_exists = original
 
 
 def _remove_node_of_a_worker(cluster, nodes, store) -> dict:

@@ -18,6 +18,8 @@ def test_node_loss_resumes_and_matches_the_uninterrupted_gate(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
+    # A results root that one node cannot see is refused, naming that node.
+    assert report["refused"] and report["blind_node"] in report["refused"] and "shared mount" in report["refused"]
     assert report["killed"] is not None and report["killed"]["after_epochs"] >= 2
     assert report["status"] == "finished"
     assert report["epochs"] == list(range(10))  # each epoch exactly once
