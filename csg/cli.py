@@ -90,13 +90,13 @@ def training_main(default_preset: str, description: str, argv=None) -> dict:
 
 
 def run_or_exit(parser: argparse.ArgumentParser, launch, *args):
-    """Call `launch`; storage problems exit 2 and failed runs exit 1, each with one line."""
+    """Call `launch`; bad storage or run ids exit 2 and failed runs exit 1, each with one line."""
     from csg.cluster import StorageError
     from csg.launch import RunError
 
     try:
         return launch(*args)
-    except StorageError as exc:
+    except (StorageError, ConfigError) as exc:
         parser.error(str(exc))
     except RunError as exc:
         parser.exit(1, f"{parser.prog}: error: {exc}\n")

@@ -5,7 +5,7 @@ import time
 
 from csg import run_record
 from csg.cluster import StorageError, check_relative_paths, check_visible_from_every_node, init_ray
-from csg.config import TrainConfig, resolved_g_density, with_absolute_paths
+from csg.config import ConfigError, TrainConfig, resolved_g_density, with_absolute_paths
 from csg.data import DatasetInfo
 from csg.gate import l1_interval
 from csg.results import ResultStore
@@ -37,6 +37,7 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None) -> dic
 
     run_id = run_id or cfg.run_id or run_record.new_run_id(cfg)
     store = ResultStore(cfg.results)
+    _check_resumable(store, run_id, cfg)
     low, high = l1_interval(info.num_classes, resolved_g_density(cfg, info.num_classes))
     summary = {
         "status": "running",
@@ -66,6 +67,24 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None) -> dic
         raise RunError(f"run {run_id} diverged: {diverged}; {kept}")
     print(run_record.summary_line(run_id, cfg, summary), flush=True)
     return {"run_id": run_id, **summary}
+
+
+RESUME_KEYS = ("dataset", "model", "method", "scheme", "gate", "num_classes")
+
+
+def _check_resumable(store: ResultStore, run_id: str, cfg: TrainConfig) -> None:
+    """A run id that exists may be resumed, never turned into another model: refuse before
+    its `runs` row, tables or checkpoints are touched."""
+    if not store.exists("runs", run_id):
+        return
+    previous = store.read("runs", run_id).iloc[0]
+    for key in RESUME_KEYS:
+        mine = getattr(cfg, key)
+        if mine is not None and previous[key] != mine:
+            raise ConfigError(
+                f"--run-id: run {run_id} exists with {key}={previous[key]!r}, not {mine!r}; "
+                f"choose a new run id to train something else"
+            )
 
 
 def _location(checkpoint) -> str | None:

@@ -114,3 +114,28 @@ def test_corrupt_image_is_named_or_skipped_and_counted(ray_local, tmp_path, caps
             job_main("train_cifar")(argv)
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert exit_info.value.code == 1 and f"unreadable image {bad}" in err
+
+
+def test_resuming_with_another_model_is_refused_and_loses_nothing(ray_local, tmp_path, capsys):
+    args = ["--preset", "digits-resnet20", "--epochs", "1", "--run-id", "same", "--results", str(tmp_path)]
+    job_main("train_cifar")(args)
+    before = {t: pd.read_parquet(tmp_path / t) for t in ("runs", "epochs", "gates", "mi")}
+    with pytest.raises(SystemExit) as exit_info:
+        job_main("train_cifar")([*args, "--model", "resnet32", "--epochs", "2"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2
+    assert err.endswith("--run-id: run same exists with model='resnet20', not 'resnet32'; "
+                        "choose a new run id to train something else")
+    for table, frame in before.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / table), frame)
+
+
+def test_checkpoint_of_another_model_fails_the_run_in_one_line(ray_local, tmp_path, capsys):
+    storage = str(tmp_path / "ckpt")
+    common = ["--preset", "digits-resnet20", "--epochs", "1", "--run-id", "r", "--storage", storage]
+    job_main("train_cifar")([*common, "--results", str(tmp_path / "a")])
+    with pytest.raises(SystemExit) as exit_info:  # another results root, the same checkpoints
+        job_main("train_cifar")([*common, "--results", str(tmp_path / "b"), "--model", "resnet32", "--epochs", "2"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert "has model='resnet20', this run has 'resnet32'" in err
