@@ -74,15 +74,14 @@ def mi_block(noisy: np.ndarray, labels: np.ndarray, classes, n_neighbors: int = 
     psi = digamma(np.arange(n + 1, dtype=np.float64))  # psi[0] = -inf is never used
     counts = np.bincount(labels, minlength=int(max(classes.max(initial=0), labels.max(initial=0)) + 1))
     regular = np.array([_regular(counts[c], n, n_neighbors) for c in classes])
+    starts = np.concatenate([[0], np.cumsum(counts)])
     out = np.empty((noisy.shape[1], len(classes)))
     computed_here = np.full(n, np.nan)  # no override: every radius from the sorted gaps
     for k in range(noisy.shape[1]):
-        order = np.argsort(noisy[:, k], kind="stable")
+        order = np.argsort(noisy[:, k])  # ties have equal values, so their order cannot matter
         xs = noisy[order, k]
         ls = labels[order]
-        by_label = np.argsort(ls, kind="stable")  # sorted positions, grouped by label
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        out[k] = _mi_feature(xs, ls, by_label, starts, classes, regular, n_neighbors, psi)
+        out[k] = _mi_feature(xs, ls, starts, classes, regular, n_neighbors, psi)
         for j in np.flatnonzero(~regular):
             c = classes[j]
             is_pos = ls == c
@@ -103,22 +102,26 @@ def _regular(n_pos: int, n: int, n_neighbors: int) -> bool:
 
 
 @njit(cache=True)
-def _mi_feature(xs, ls, by_label, starts, classes, regular, n_neighbors, psi):
+def _mi_feature(xs, ls, starts, classes, regular, n_neighbors, psi):
     """All regular classes of one sorted feature at once.
 
     Every sample is a negative for all classes but its own, and a negative whose 2k sorted
     neighbours hold no positive has the same k-th neighbour and the same count m as in the
     whole sample. So r_k and m are computed once over all samples, and for each class only its
-    positives and the negatives within k positions of one are recomputed.
+    positives and the negatives with a positive among their k nearest are recomputed.
     """
     n = len(xs)
+    by_label = np.empty(n, dtype=np.int64)  # sorted positions grouped by label (counting sort)
+    filled = starts[:-1].copy()
+    for i in range(n):
+        by_label[filled[ls[i]]] = i
+        filled[ls[i]] += 1
     k = min(n_neighbors, n - 1)
     r_all = np.empty(n)
     m_all = np.empty(n, dtype=np.int64)
     total = 0.0
     for i in range(n):
         r_all[i] = _kth_gap(xs, i, k)
-    for i in range(n):
         right, left = _count_within(xs, i, r_all[i])
         m_all[i] = right - left + 1
         total += psi[m_all[i]]
@@ -133,14 +136,19 @@ def _mi_feature(xs, ls, by_label, starts, classes, regular, n_neighbors, psi):
         n_neg = n - n_pos
         lone = positives[0] if n_pos == 1 else -1  # dropped from every count, as in scikit-learn
         sum_m = total
-        for p in positives:
+        for t in range(n_pos):
+            p = positives[t]
             stamp[p] = j + 1
             sum_m -= psi[m_all[p]]
             if n_pos > 1:
-                sum_m += psi[_m_positive(xs, positives, p, min(n_neighbors, n_pos - 1))]
+                r = _kth_gap_indexed(xs, positives, t, min(n_neighbors, n_pos - 1))
+                right, left = _count_within(xs, p, r)
+                sum_m += psi[right - left + 1]
         for p in positives:
             for q in range(max(p - k, 0), min(p + k + 1, n)):
-                if stamp[q] == j + 1:
+                # Only a positive inside q's k-nearest radius can change q's k-th neighbour.
+                gap = xs[p] - xs[q] if q < p else xs[q] - xs[p]
+                if stamp[q] == j + 1 or gap > r_all[q]:
                     continue
                 stamp[q] = j + 1
                 r = _kth_gap_skipping(xs, ls, q, k, c)
@@ -157,15 +165,6 @@ def _mi_feature(xs, ls, by_label, starts, classes, regular, n_neighbors, psi):
             sum_count = n_neg * psi[n_neg]
         out[j] = max(0.0, psi[n_kept] + (sum_k - sum_count - sum_m) / n_kept)
     return out
-
-
-@njit(cache=True)
-def _m_positive(xs, positives, p, k_pos):
-    """m for a positive: its k-th gap among the positives, counted over all samples."""
-    t = np.searchsorted(positives, p)
-    r = _kth_gap_indexed(xs, positives, t, k_pos)
-    right, left = _count_within(xs, p, r)
-    return right - left + 1
 
 
 @njit(cache=True)
@@ -235,50 +234,50 @@ def _kth_gap(values, i, k):
     return gap
 
 
-@njit(cache=True, inline="always")
-def _inside(gap, r_k):
-    """scikit-learn's test gap <= nextafter(r_k, 0), i.e. strictly closer than the k-th
-    neighbour, or an exact tie when r_k itself is 0."""
-    return gap < r_k or gap == 0.0
+_TINIEST = 5e-324  # the smallest positive double: gap < _TINIEST means gap == 0
+_SCAN = 32  # neighbours checked one by one before galloping (a positive's run is often ~30 long)
 
 
 @njit(cache=True)
 def _count_within(xs, i, radius):
-    """(right, left): the run of j with _inside(|fl(xs_j - xs_i)|, radius) around sorted position i.
+    """(right, left): the run of j with |fl(xs_j - xs_i)| inside radius r_k around sorted position i.
 
     The gap is monotone in j on each side, so the run is contiguous. A short linear scan
-    finds the usual few neighbours; galloping then bisection bounds the rare long runs
-    (exact ties, dense clusters) at O(log m).
+    finds the usual neighbours; galloping then bisection bounds the long runs (exact ties,
+    dense clusters) at O(log m).
     """
     n = len(xs)
     x = xs[i]
+    # scikit-learn keeps gap <= nextafter(r_k, 0): strictly closer than the k-th neighbour,
+    # or an exact tie when r_k is 0. For gaps >= 0 that is one test: gap < max(r_k, tiniest).
+    limit = max(radius, _TINIEST)
     right = i
-    while right + 1 < n and right - i < 8 and _inside(xs[right + 1] - x, radius):
+    while right + 1 < n and right - i < _SCAN and xs[right + 1] - x < limit:
         right += 1
-    if right - i == 8:
+    if right - i == _SCAN:
         step = 1
-        while right + step < n and _inside(xs[right + step] - x, radius):
+        while right + step < n and xs[right + step] - x < limit:
             right += step
             step *= 2
         hi = min(right + step, n)  # xs[hi] fails, or hi == n
         while hi - right > 1:
             mid = (right + hi) // 2
-            if _inside(xs[mid] - x, radius):
+            if xs[mid] - x < limit:
                 right = mid
             else:
                 hi = mid
     left = i
-    while left - 1 >= 0 and i - left < 8 and _inside(x - xs[left - 1], radius):
+    while left - 1 >= 0 and i - left < _SCAN and x - xs[left - 1] < limit:
         left -= 1
-    if i - left == 8:
+    if i - left == _SCAN:
         step = 1
-        while left - step >= 0 and _inside(x - xs[left - step], radius):
+        while left - step >= 0 and x - xs[left - step] < limit:
             left -= step
             step *= 2
         lo = max(left - step, -1)  # xs[lo] fails, or lo == -1
         while left - lo > 1:
             mid = (lo + left) // 2
-            if _inside(x - xs[mid], radius):
+            if x - xs[mid] < limit:
                 left = mid
             else:
                 lo = mid
