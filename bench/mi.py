@@ -12,7 +12,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from analysis.mutual_info import jittered, mi_block, mi_matrix
+from csg.mutual_info import jittered, mi_block, mi_matrix
 
 
 def activations(n, k, c, seed=0):

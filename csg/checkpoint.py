@@ -51,3 +51,17 @@ def load(folder: Path, model, gate, optimizers, schedulers, cfg) -> dict:
         scheduler.load_state_dict(state["schedulers"][key])
     torch.set_rng_state(state["rng"])
     return state
+
+
+def restore_model(folder: Path):
+    """(model in eval mode, its TrainConfig, its DatasetInfo) from a checkpoint directory."""
+    from csg.config import TrainConfig
+    from csg.data import describe
+    from csg.models import build_model
+
+    state = read(folder)
+    cfg = TrainConfig(**state["config"])
+    info = describe(cfg.dataset, cfg.data)
+    model = build_model(cfg.model, info.num_classes, info.in_channels, info.mean, info.std)
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg, info

@@ -23,7 +23,7 @@ from csg import data as data_lib
 from csg import engine, run_record
 from csg.config import TrainConfig, resolved_g_density
 from csg.gate import ClassSpecificGate, FixedGate, g_from_density, l1_density
-from csg.metrics import mi_matrix, mis
+from csg.mutual_info import mi_matrix, mis
 from csg.models import build_model
 from csg.results import ResultStore
 
@@ -121,7 +121,7 @@ def _finish(cfg, run_id, model, gate, test_set, info, device, store, history, g)
     loader = DataLoader(test_set, batch_size=max(cfg.batch_size, 256), num_workers=cfg.loader_workers,
                         collate_fn=data_lib.collate_skipping_bad)
     features, labels, _ = engine.gap_features(model, loader, device)
-    matrix = mi_matrix(features, labels, info.num_classes, cfg.mi_neighbors, random_state=cfg.seed)
+    matrix = mi_matrix(features, labels, info.num_classes, cfg.mi_neighbors, random_state=cfg.seed)  # fast, exact
     run_record.write_mi(store, run_id, matrix)
     if gate is not None:
         run_record.write_gates(store, run_id, gate.matrix.detach().cpu().numpy())
