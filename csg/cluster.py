@@ -53,8 +53,11 @@ def check_relative_paths(options: dict[str, str | None]) -> None:
 
 
 def check_visible_from_every_node(options: dict[str, str]) -> None:
-    """On a multi-node cluster, write a marker under each local root and make every node look
-    for it; a root some node cannot see is an error, not silently scattered results."""
+    """On a cluster this process joined (RAY_ADDRESS), write a marker under each local root and
+    make every node look for it; a root some node cannot see is an error, not silently
+    scattered results. A Ray started here by `init_ray` is this one machine: nothing to check."""
+    if not joining_cluster():
+        return
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

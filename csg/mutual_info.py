@@ -141,9 +141,11 @@ def _mi_feature(xs, ls, starts, classes, regular, n_neighbors, psi):
             stamp[p] = j + 1
             sum_m -= psi[m_all[p]]
             if n_pos > 1:
-                r = _kth_gap_indexed(xs, positives, t, min(n_neighbors, n_pos - 1))
-                right, left = _count_within(xs, p, r)
-                sum_m += psi[right - left + 1]
+                r, before, after = _kth_gap_indexed(xs, positives, t, min(n_neighbors, n_pos - 1))
+                # the run ends short of the first positive not taken on each side
+                lo = positives[before] if before >= 0 else -1
+                hi = positives[after] if after < n_pos else n
+                sum_m += psi[_count_between(xs, p, r, lo, hi)]
         for p in positives:
             for q in range(max(p - k, 0), min(p + k + 1, n)):
                 # Only a positive inside q's k-nearest radius can change q's k-th neighbour.
@@ -168,8 +170,33 @@ def _mi_feature(xs, ls, starts, classes, regular, n_neighbors, psi):
 
 
 @njit(cache=True)
+def _count_between(xs, i, radius, lo, hi):
+    """Like _count_within, when the run is known to lie strictly between positions lo and hi:
+    bisection on each side."""
+    limit = max(radius, _TINIEST)
+    x = xs[i]
+    a, b = i, hi  # xs[a] inside, xs[b] outside (or b == len)
+    while b - a > 1:
+        mid = (a + b) // 2
+        if xs[mid] - x < limit:
+            a = mid
+        else:
+            b = mid
+    right = a
+    a, b = lo, i  # xs[a] outside (or a == -1), xs[b] inside
+    while b - a > 1:
+        mid = (a + b) // 2
+        if x - xs[mid] < limit:
+            b = mid
+        else:
+            a = mid
+    return right - b + 1
+
+
+@njit(cache=True)
 def _kth_gap_indexed(xs, members, t, k):
-    """_kth_gap over the values xs[members], without gathering them."""
+    """_kth_gap over the values xs[members], without gathering them; also the indices of the
+    nearest members left and right that were not taken."""
     left, right, taken, gap = t - 1, t + 1, 0, 0.0
     n = len(members)
     x = xs[members[t]]
@@ -181,7 +208,7 @@ def _kth_gap_indexed(xs, members, t, k):
         else:
             gap, right = dr, right + 1
         taken += 1
-    return gap
+    return gap, left, right
 
 
 @njit(cache=True)

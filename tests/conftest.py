@@ -9,6 +9,20 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
+def pytest_collection_modifyitems(items):
+    """Order: tests that start Ray instances of their own (a `ray start` head, a multi-node
+    ray.cluster_utils.Cluster) first, before the session Ray exists; then tests without Ray;
+    then every test on the session Ray, back to back. With minutes of other tests between
+    two uses of the session Ray, the driver's next GCS call hung here (seen twice, at the same
+    place); kept busy, it did not."""
+    def rank(item):
+        if item.get_closest_marker("separate_ray") is not None:
+            return 0
+        return 2 if "ray_local" in item.fixturenames else 1
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session")
 def ray_local(tmp_path_factory):
     """One local Ray for the whole session (2 cores here: keep worker counts at 2)."""

@@ -54,6 +54,7 @@ def _head_processes(temp_dir: str) -> list[psutil.Process]:
     return roots + [c for p in roots for c in p.children(recursive=True)]
 
 
+@pytest.mark.separate_ray
 def test_job_submit_trains_on_an_imagefolder_tree(local_head, tmp_path):
     env, banner = local_head
     dashboard = f"http://127.0.0.1:{env['CSG_RAY_DASHBOARD_PORT']}"

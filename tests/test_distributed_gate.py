@@ -59,7 +59,9 @@ def test_gate_identical_on_both_ranks_every_step_and_std_epochs_need_no_unused_d
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    manager = mp.Manager()
+    # A spawned (not forked) manager: forking this process would copy the live gRPC channels
+    # of the session's Ray driver, which then stopped answering here.
+    manager = mp.get_context("spawn").Manager()
     results = manager.dict()
     mp.spawn(_rank_main, args=(port, results), nprocs=2, join=True)
     (steps0, same0, sum0), (steps1, same1, sum1) = results[0], results[1]

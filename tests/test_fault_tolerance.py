@@ -6,9 +6,12 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
+
 from tests.helpers import REPO
 
 
+@pytest.mark.separate_ray
 def test_node_loss_resumes_and_matches_the_uninterrupted_gate(tmp_path):
     temp = tempfile.mkdtemp(prefix="csg-nl-", dir="/tmp")  # short: Ray socket paths
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
