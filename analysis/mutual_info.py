@@ -2,7 +2,7 @@
 fanned out over Ray, and the features it reads, extracted from a checkpoint as Ray work.
 
     M = mi_matrix(features, labels)                  # one process
-    M = mi_matrix_ray(features, labels)              # blocks of classes (and filters) as Ray tasks
+    M = mi_matrix_ray(features, labels)              # blocks of filters (and classes) as Ray tasks
     feats = extract_features("results/checkpoints/<run>/checkpoint_...", shards=4)
 """
 from __future__ import annotations
@@ -25,15 +25,19 @@ __all__ = ["METHODS", "mi_matrix", "mis", "mi_matrix_ray", "extract_features", "
 
 def mi_matrix_ray(features, labels, n_classes=None, n_neighbors=3, random_state=0,
                   classes_per_task=None, filters_per_task=None, progress=True) -> np.ndarray:
-    """The same (K, C) matrix as `mi_matrix`, computed by Ray tasks over blocks of classes and
-    filters. The jittered features go to the object store once; every task reads them there."""
+    """The same (K, C) matrix as `mi_matrix`, computed by Ray tasks over blocks of filters and
+    classes. The jittered features go to the object store once; every task reads them there.
+
+    By default the blocks split filters only, about two per worker: one pass over a filter's
+    samples serves every class, so a class block would repeat that pass. Classes are split
+    only when there are fewer filters than workers."""
     labels = np.asarray(labels)
     n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
     noisy = jittered(features, random_state)  # once: the noise every reference call would draw
     k = noisy.shape[1]
     workers = max(1, int(ray.available_resources().get("CPU", 1)))
-    classes_per_task = classes_per_task or max(1, math.ceil(n_classes / (2 * workers)))
-    filters_per_task = filters_per_task or (k if k <= 64 else 64)
+    filters_per_task = filters_per_task or max(1, math.ceil(k / (2 * workers)))
+    classes_per_task = classes_per_task or math.ceil(n_classes / max(1, math.ceil(2 * workers / k)))
     noisy_ref, labels_ref = ray.put(noisy), ray.put(labels)
     tasks = {}
     for f0 in range(0, k, filters_per_task):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from csg.mutual_info import mi_matrix, mis
+from csg.mutual_info import _sorted_pairs, mi_matrix, mis
 
 TOLERANCE = 1e-9
 
@@ -58,8 +58,20 @@ def test_mis_is_mean_of_per_filter_max():
     assert mis(np.array([[0.1, 0.3], [0.2, 0.0]])) == pytest.approx(0.25)
 
 
+def test_radix_sort_orders_every_kind_of_double_and_carries_labels():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(size=500) * 10.0 ** rng.integers(-300, 300, 500),
+                             [0.0, -0.0, np.inf, -np.inf, 5e-324, -5e-324, 1.0, 1.0]])
+    labels = np.arange(len(values))
+    xs, ls = _sorted_pairs(values, labels)
+    np.testing.assert_array_equal(xs, np.sort(values))
+    np.testing.assert_array_equal(values[ls], xs)  # each label still sits with its value
+
+
 def test_bad_shapes_and_methods_are_refused():
     with pytest.raises(ValueError, match="features must be"):
         mi_matrix(np.zeros(5), np.zeros(5, dtype=int))
     with pytest.raises(ValueError, match="method"):
         mi_matrix(np.zeros((5, 1)), np.zeros(5, dtype=int), method="kraskov")
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        mi_matrix(np.array([[0.0], [np.nan], [1.0]]), np.array([0, 1, 0]))
