@@ -53,6 +53,24 @@ def load(folder: Path, model, gate, optimizers, schedulers, cfg) -> dict:
     return state
 
 
+def latest_checkpoint(storage: str, run_name: str) -> Path:
+    """A Ray Train run's checkpoint with the highest epoch, as a local directory (downloaded
+    when the storage is remote): how a run stopped from outside is picked up again."""
+    from pyarrow import fs as pafs
+    from ray.train import Checkpoint
+
+    from csg.results import filesystem_of
+
+    filesystem, base = filesystem_of(storage)
+    entries = filesystem.get_file_info(pafs.FileSelector(f"{base}/{run_name}", allow_not_found=True))
+    folders = [e.path for e in entries if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")]
+    if not folders:
+        raise FileNotFoundError(f"no checkpoint of run {run_name} under {storage}")
+    local = [Path(f) if isinstance(filesystem, pafs.LocalFileSystem)
+             else Path(Checkpoint(f, filesystem).to_directory()) for f in folders]
+    return max(local, key=lambda folder: read(folder)["epoch"])
+
+
 def restore_model(folder: Path):
     """(model in eval mode, its TrainConfig, its DatasetInfo) from a checkpoint directory."""
     from csg.config import TrainConfig

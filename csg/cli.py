@@ -10,7 +10,7 @@ import dataclasses
 import sys
 import typing
 
-from csg.config import CHOICES, PRESETS, ConfigError, TrainConfig, validate
+from csg.config import CHOICES, PRESETS, ConfigError, TrainConfig, validate, with_fixed_gate_from
 from csg.data import DatasetInfo
 
 HELP = {
@@ -25,6 +25,7 @@ HELP = {
     "gate": "learned G, or fixed (Appendix E: m1 filters per class, m2 shared)",
     "m1": "fixed gate: filters each class monopolizes",
     "m2": "fixed gate: filters shared by all classes",
+    "fixed_gate_from": "results root with a gate_stats table: fixed gate, m1 and m2 from its seed statistics",
     "epochs": "training epochs",
     "batch_size": "global batch size, split evenly across workers",
     "optimizer": "sgd (with --momentum) or adam",
@@ -45,7 +46,8 @@ HELP = {
     "csg_frozen": "CSG path: freeze every stage up to and including this one",
     "seed": "random seed of the run",
     "workers": "Ray Train workers (DDP ranks)",
-    "gpu": "one GPU per worker, NCCL backend (gloo on CPU otherwise)",
+    "gpu": "GPUs for the workers, NCCL backend (gloo on CPU otherwise)",
+    "gpus_per_worker": "with --gpu: GPUs each worker asks Ray for (a fraction packs several on one GPU)",
     "loader_workers": "DataLoader processes per worker",
     "skip_bad_images": "skip (and count, in the epochs table) ImageFolder files that cannot be decoded",
     "results": "results root: a local path or a pyarrow filesystem URI",
@@ -64,12 +66,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def get_args_parser(default_preset: str, description: str) -> argparse.ArgumentParser:
+def get_args_parser(default_preset: str, description: str, exclude=()) -> argparse.ArgumentParser:
+    """Every TrainConfig field as a flag, except those in `exclude` (a job that sets them itself)."""
     parser = OneLineParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=default_preset,
-                        help="the paper's settings (Appendix B); any option below overrides them")
+                        help="the paper's settings (Appendix B); any option below overrides them; "
+                             "by default the preset of --dataset when it has exactly one")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
+        if f.name in exclude:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
         if kind is bool:
@@ -85,7 +91,7 @@ def training_main(default_preset: str, description: str, argv=None) -> dict:
     from csg.launch import train
 
     parser = get_args_parser(default_preset, description)
-    cfg, info = parse_config(parser, argv)
+    cfg, info, _ = parse_config(parser, argv)
     return run_or_exit(parser, train, cfg, info)
 
 
@@ -102,16 +108,30 @@ def run_or_exit(parser: argparse.ArgumentParser, launch, *args):
         parser.exit(1, f"{parser.prog}: error: {exc}\n")
 
 
-def parse_config(parser: argparse.ArgumentParser, argv=None) -> tuple[TrainConfig, DatasetInfo]:
-    """Apply the preset, parse, validate; any problem exits 2 with one line before Ray starts."""
+def parse_config(parser: argparse.ArgumentParser, argv=None, extra=()) -> tuple[TrainConfig, DatasetInfo, dict]:
+    """Apply the preset, parse, validate; any problem exits 2 with one line before Ray starts.
+    Returns the config, its data set, and the parsed options named in `extra` (not config fields)."""
     argv = sys.argv[1:] if argv is None else argv
     known, _ = parser.parse_known_args(argv)
-    parser.set_defaults(**PRESETS[known.preset])
+    preset = known.preset if _given(argv, "--preset") else _preset_for(known.dataset, argv, known.preset)
+    parser.set_defaults(**{k: v for k, v in PRESETS[preset].items() if k in vars(known) and k not in extra})
     args = vars(parser.parse_args(argv))
     args.pop("preset")
+    others = {name: args.pop(name) for name in extra}
     cfg = TrainConfig(**args)
     try:
+        cfg = with_fixed_gate_from(cfg)
         info = validate(cfg)
     except ConfigError as exc:
         parser.error(str(exc))
-    return cfg, info
+    return cfg, info, others
+
+
+def _given(argv, flag: str) -> bool:
+    return any(arg == flag or arg.startswith(flag + "=") for arg in argv)
+
+
+def _preset_for(dataset: str, argv, default: str) -> str:
+    """The preset of a --dataset given on the command line, when exactly one preset has it."""
+    matching = [name for name, preset in PRESETS.items() if preset["dataset"] == dataset]
+    return matching[0] if _given(argv, "--dataset") and len(matching) == 1 else default

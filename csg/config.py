@@ -30,6 +30,7 @@ class TrainConfig:
     gate: str = "learned"  # learned | fixed (Appendix E)
     m1: int = 6
     m2: int = 4
+    fixed_gate_from: str | None = None  # results root whose gate_stats set m1, m2
     epochs: int = 200
     batch_size: int = 256
     optimizer: str = "sgd"  # sgd | adam
@@ -52,6 +53,7 @@ class TrainConfig:
     # where and how much
     workers: int = 1
     gpu: bool = False
+    gpus_per_worker: float = 1.0
     loader_workers: int = 0
     skip_bad_images: bool = False
     results: str = "results"
@@ -128,7 +130,7 @@ def validate(cfg: TrainConfig) -> data_lib.DatasetInfo:
     for name in ("warmup", "loader_workers", "keep_checkpoints", "max_failures", "weight_decay", "momentum"):
         if getattr(cfg, name) < 0:
             _fail(name, "must be >= 0", getattr(cfg, name))
-    for name in ("lr", "csg_learning_rate"):
+    for name in ("lr", "csg_learning_rate", "gpus_per_worker"):
         if getattr(cfg, name) <= 0:
             _fail(name.replace("_learning_rate", "_lr"), "must be > 0", getattr(cfg, name))
     for name in ("lambda1", "lambda2"):
@@ -158,6 +160,8 @@ def validate(cfg: TrainConfig) -> data_lib.DatasetInfo:
     C, K = info.num_classes, LAST_CONV_FILTERS[cfg.model]
     if cfg.g_density is not None and not 1 / C - 1e-12 <= cfg.g_density <= 1:
         _fail("g_density", f"must be in [1/C, 1] = [{1 / C:.6g}, 1] so that g >= K", cfg.g_density)
+    if cfg.fixed_gate_from is not None:
+        _check_gate_stats_classes(cfg.fixed_gate_from, C)
     if cfg.method == "csg" and cfg.gate == "fixed" and (cfg.m1 < 1 or cfg.m2 < 0 or cfg.m1 * C + cfg.m2 > K):
         _fail("m1", f"need m1 >= 1, m2 >= 0 and m1*C + m2 <= K = {K} for C = {C}", f"m1={cfg.m1}, m2={cfg.m2}")
     stages = ("none", "stem", "layer1", "layer2", "layer3", "layer4")
@@ -174,6 +178,24 @@ def validate(cfg: TrainConfig) -> data_lib.DatasetInfo:
     return info
 
 
+def with_fixed_gate_from(cfg: TrainConfig) -> TrainConfig:
+    """`--fixed-gate-from DIR`: the fixed gate of Appendix E with m1 = the mean number of filters
+    a class monopolizes and m2 = the mean number shared, rounded, over DIR's `gate_stats`."""
+    if cfg.fixed_gate_from is None:
+        return cfg
+    from csg.results import ResultStore
+
+    store = ResultStore(cfg.fixed_gate_from)
+    if not store.has_table("gate_stats"):
+        _fail("fixed_gate_from", "needs a gate_stats table there (written by jobs/seeds_cifar.py)",
+              cfg.fixed_gate_from)
+    stats = store.read("gate_stats")
+    per_run = stats.groupby("run_id", observed=True)
+    m1 = round(float(stats["monopolized"].mean()))
+    m2 = round(float(per_run["shared"].first().mean()))
+    return dataclasses.replace(cfg, gate="fixed", m1=max(m1, 1), m2=m2)
+
+
 def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Workers do not share the driver's working directory: pin local paths before launch."""
     def absolute(path):
@@ -183,6 +205,14 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
         cfg, data=absolute(cfg.data), weights=absolute(cfg.weights),
         results=absolute(cfg.results), storage=absolute(cfg.storage),
     )
+
+
+def _check_gate_stats_classes(results: str, num_classes: int) -> None:
+    from csg.results import ResultStore
+
+    found = ResultStore(results).read("gate_stats")["class"].nunique()
+    if found != num_classes:
+        _fail("fixed_gate_from", f"its gate_stats cover {found} classes, this data set has {num_classes}", results)
 
 
 def resolved_g_density(cfg: TrainConfig, num_classes: int) -> float:

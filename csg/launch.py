@@ -24,8 +24,8 @@ def root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
 
 
-def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None) -> dict:
-    """Train one validated config; returns its `runs` row as a dict.
+def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None, callbacks=()) -> dict:
+    """Train one validated config; returns its `runs` row as a dict. `callbacks` go to Ray Train.
 
     Storage problems raise StorageError before anything is written under the results root.
     """
@@ -48,7 +48,7 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None) -> dic
     }
     run_record.write_run(store, run_id, cfg, summary)
     try:
-        result_summary, result = ray_train.fit(cfg, run_id)
+        result_summary, result = ray_train.fit(cfg, run_id, callbacks)
     except Exception as exc:
         run_record.write_run(store, run_id, cfg, {**summary, "status": "failed"})
         raise RunError(f"run {run_id} failed: {root_cause(exc)}") from exc

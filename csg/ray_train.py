@@ -23,7 +23,7 @@ from csg import data as data_lib
 from csg import engine, run_record
 from csg.config import TrainConfig, resolved_g_density
 from csg.gate import ClassSpecificGate, FixedGate, g_from_density, l1_density
-from csg.mutual_info import mi_matrix, mis
+from csg.mutual_info import mi_matrix
 from csg.models import build_model
 from csg.results import ResultStore
 
@@ -125,17 +125,7 @@ def _finish(cfg, run_id, model, gate, test_set, info, device, store, history, g)
     run_record.write_mi(store, run_id, matrix)
     if gate is not None:
         run_record.write_gates(store, run_id, gate.matrix.detach().cpu().numpy())
-    best = max(history, key=lambda r: r["test_acc"])
-    return {
-        "num_filters": model.num_filters,
-        "epochs_completed": len(history),
-        "final_acc": history[-1]["test_acc"],
-        "best_acc": best["test_acc"],
-        "best_epoch": best["epoch"],
-        "mis": mis(matrix),
-        "l1_density": history[-1]["l1_density"],
-        "g": g if gate is not None else math.nan,
-    }
+    return run_record.result_summary(history, matrix, model.num_filters, g if gate is not None else math.nan)
 
 
 def _progress(line: str) -> None:
@@ -204,13 +194,17 @@ def _check_gate_identical(gate: ClassSpecificGate, epoch: int) -> None:
         raise RuntimeError(f"gate differs across ranks after epoch {epoch}")
 
 
-def fit(cfg: TrainConfig, run_id: str) -> tuple[dict, ray.train.Result]:
-    """Run one training under Ray Train; returns rank 0's summary and the Ray result."""
+def fit(cfg: TrainConfig, run_id: str, callbacks=()) -> tuple[dict, ray.train.Result]:
+    """Run one training under Ray Train; returns rank 0's summary and the Ray result.
+    `callbacks` are Ray Train callbacks (a Tune trial passes the one that reports to Tune)."""
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "run_id": run_id},
         torch_config=TorchConfig(backend="nccl" if cfg.gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.gpu,
+            resources_per_worker={"GPU": cfg.gpus_per_worker} if cfg.gpu else None,
+        ),
         run_config=RunConfig(
             name=run_id,
             storage_path=cfg.storage_path,
@@ -220,6 +214,7 @@ def fit(cfg: TrainConfig, run_id: str) -> tuple[dict, ray.train.Result]:
                 checkpoint_score_order="max",
             ),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            callbacks=list(callbacks),
         ),
     )
     start = time.time()

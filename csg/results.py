@@ -39,6 +39,37 @@ SCHEMAS: dict[str, pa.Schema] = {
         [("class", pa.int64()), ("filter", pa.int64()), ("value", pa.float64())]
     ),
     "mi": pa.schema([("class", pa.int64()), ("filter", pa.int64()), ("mi", pa.float64())]),
+    "tune": pa.schema(
+        [
+            ("sweep_id", pa.string()),
+            ("trial_id", pa.string()),
+            ("period", pa.int64()),
+            ("csg_epochs", pa.int64()),
+            ("lambda1", pa.float64()),
+            ("lambda2", pa.float64()),
+            ("g_density", pa.float64()),
+            ("psi", pa.string()),
+            ("seed", pa.int64()),
+            ("final_acc", pa.float64()),
+            ("best_acc", pa.float64()),
+            ("mis", pa.float64()),
+            ("l1_density", pa.float64()),
+            ("inside_interval", pa.bool_()),
+            ("best_epoch", pa.int64()),
+            ("epochs_completed", pa.int64()),
+            ("stop_reason", pa.string()),
+        ]
+    ),
+    "gate_stats": pa.schema(
+        [
+            ("seed", pa.int64()),
+            ("class", pa.int64()),
+            ("monopolized", pa.int64()),
+            ("shared", pa.int64()),
+            ("unused", pa.int64()),
+            ("tau", pa.float64()),
+        ]
+    ),
 }
 
 RUN_SUMMARY_SCHEMA = pa.schema(
@@ -64,7 +95,7 @@ RUN_SUMMARY_SCHEMA = pa.schema(
 )
 
 
-def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+def filesystem_of(root: str) -> tuple[pafs.FileSystem, str]:
     if "://" in root:
         return pafs.FileSystem.from_uri(root)
     return pafs.LocalFileSystem(), str(pafs.LocalFileSystem().normalize_path(_absolute(root)))
@@ -79,7 +110,7 @@ def _absolute(path: str) -> str:
 class ResultStore:
     def __init__(self, root: str):
         self.root = root
-        self.fs, self.base = _filesystem(root)
+        self.fs, self.base = filesystem_of(root)
 
     def table_path(self, table: str) -> str:
         return f"{self.base}/{table}"
@@ -103,6 +134,9 @@ class ResultStore:
             frame.insert(0, "run_id", run_id)
             return frame
         return pq.read_table(path, filesystem=self.fs, partitioning="hive").to_pandas()
+
+    def has_table(self, table: str) -> bool:
+        return self.fs.get_file_info(self.table_path(table)).type == pafs.FileType.Directory
 
     def exists(self, table: str, run_id: str) -> bool:
         info = self.fs.get_file_info(f"{self.table_path(table)}/run_id={run_id}/part-0.parquet")

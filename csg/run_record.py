@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from csg.config import TrainConfig
+from csg.mutual_info import mis
 from csg.results import RUN_SUMMARY_SCHEMA, ResultStore, schema_of_dataclass
 
 # run_id is the partition key, restored by the reader from the directory name.
@@ -47,6 +48,21 @@ def _long_form(per_class: np.ndarray, value: str) -> pd.DataFrame:
     return pd.DataFrame(
         {"class": classes.ravel(), "filter": filters.ravel(), value: per_class.ravel().astype(float)}
     )
+
+
+def result_summary(history: list[dict], matrix: np.ndarray, num_filters: int, g: float) -> dict:
+    """The `runs` summary fields a run's epoch history and MI matrix determine."""
+    best = max(history, key=lambda r: r["test_acc"])
+    return {
+        "num_filters": num_filters,
+        "epochs_completed": len(history),
+        "final_acc": history[-1]["test_acc"],
+        "best_acc": best["test_acc"],
+        "best_epoch": best["epoch"],
+        "mis": mis(matrix),
+        "l1_density": history[-1]["l1_density"],
+        "g": g,
+    }
 
 
 def write_run(store: ResultStore, run_id: str, cfg: TrainConfig, summary: dict) -> None:

@@ -1,14 +1,29 @@
 """Shared test helpers: load a job script's main() and fabricate data trees in real formats."""
 import pickle
+import re
 import runpy
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_ARGS = ["--preset", "digits-resnet20", "--workers", "2", "--epochs", "6", "--period", "2",
                "--lambda2", "0.2", "--seed", "3", "--batch-size", "32"]
+
+
+def readme_columns(table: str) -> dict[str, str]:
+    """The columns and types the README's section on `table` documents."""
+    text = (REPO / "README.md").read_text()
+    section = text.split(f"### `{table}`", 1)[1].split("\n### ", 1)[0]
+    return dict(re.findall(r"^\| `(\w+)` \| (\w+) \|", section, flags=re.M))
+
+
+def written_columns(results: Path, table: str) -> dict[str, str]:
+    """The columns and types of a table as written (run_id lives in the directory names)."""
+    schema = pq.read_schema(next((Path(results) / table).rglob("part-0.parquet")))
+    return {f.name: str(f.type).replace("double", "float64") for f in schema}
 
 
 def job_main(name: str):

@@ -1,0 +1,77 @@
+"""How a learned gate splits the filters: for each class, the filters it monopolizes (its gate
+is >= tau there and every other class's is below), and for the whole gate the filters shared by
+two or more classes and those no class uses (Sec. 4.2, Appendix E).
+
+Appendix E reads these off 20 CIFAR-10 ResNet-20 gates (about m1 = 6 monopolized per class,
+m2 = 4 shared) to build the fixed gate that `--fixed-gate-from` trains with.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from csg.results import ResultStore
+
+DEFAULT_TAU = 0.5
+
+
+def gate_counts(gate: np.ndarray, tau: float = DEFAULT_TAU) -> pd.DataFrame:
+    """One (C, K) gate -> a row per class: monopolized (by that class), shared and unused
+    (counts for the whole gate, the same on every row)."""
+    used = np.asarray(gate) >= tau
+    users = used.sum(axis=0)
+    return pd.DataFrame({
+        "class": np.arange(used.shape[0]),
+        "monopolized": (used & (users == 1)).sum(axis=1),
+        "shared": int((users >= 2).sum()),
+        "unused": int((users == 0).sum()),
+        "tau": float(tau),
+    })
+
+
+def gate_matrix(gates: pd.DataFrame) -> np.ndarray:
+    """A run's rows of the `gates` table as its (C, K) matrix."""
+    matrix = np.zeros((gates["class"].max() + 1, gates["filter"].max() + 1))
+    matrix[gates["class"], gates["filter"]] = gates["value"]
+    return matrix
+
+
+def write_gate_stats(store: ResultStore, seeds: dict[str, int], tau: float = DEFAULT_TAU) -> pd.DataFrame:
+    """`gate_stats` rows for each run in `seeds` (run id -> seed), from its `gates` table."""
+    frames = []
+    for run_id, seed in seeds.items():
+        counts = gate_counts(gate_matrix(store.read("gates", run_id)), tau)
+        counts.insert(0, "seed", int(seed))
+        store.write("gate_stats", run_id, counts)
+        frames.append(counts.assign(run_id=run_id))
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarize(stats: pd.DataFrame) -> tuple[pd.DataFrame, float, float]:
+    """Per class, mean and std over runs of m1 (filters it monopolizes); and of m2 (filters
+    shared), mean and std over runs."""
+    per_class = stats.groupby("class")["monopolized"].agg(m1_mean="mean", m1_std="std").reset_index()
+    m2 = stats.groupby("run_id", observed=True)["shared"].first()
+    return per_class, float(m2.mean()), float(m2.std())
+
+
+def plot_histogram(stats: pd.DataFrame, path) -> None:
+    """Histograms of m1 over (run, class) pairs and of m2 over runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m2 = stats.groupby("run_id", observed=True)["shared"].first()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, values, label in ((axes[0], stats["monopolized"], "m1: filters a class monopolizes"),
+                              (axes[1], m2, "m2: filters shared by 2+ classes")):
+        ax.hist(values, bins=np.arange(values.min(), values.max() + 2) - 0.5)
+        ax.set_xlabel(label)
+    axes[0].set_ylabel("count")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

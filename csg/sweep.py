@@ -1,0 +1,394 @@
+"""Ray Tune over training runs: every trial is one CSG run (a Ray Train run of its own workers)
+writing the usual per-run tables under run id `<sweep id>-<trial id>`; after the sweep every
+trial gets a row in the `tune` table.
+
+A trial the scheduler stopped early is finished from its latest checkpoint (MI and gate tables,
+`runs` status `stopped`), so every trial has an accuracy and an MIS to compare. An interrupted
+sweep resumes from its Tune state under the checkpoint storage: finished trials are not rerun,
+unfinished ones continue from their latest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from csg import run_record
+from csg.cluster import check_relative_paths, check_visible_from_every_node, init_ray
+from csg.config import ConfigError, TrainConfig, validate, with_absolute_paths
+from csg.data import DatasetInfo
+from csg.gate import l1_interval
+from csg.results import ResultStore, filesystem_of
+
+# Options a sweep sets per trial or for the whole sweep, so jobs do not take them as flags.
+SEARCHED = ("period", "csg_epochs", "lambda1", "lambda2", "g_density", "psi")
+MANAGED = (*SEARCHED, "workers", "gpu", "gpus_per_worker", "run_id", "method")
+SWEEP_FLAGS = ("max_concurrent", "workers_per_trial", "gpus_per_trial", "sweep_id", "resume")
+
+SCORE = "test_acc"
+STOP_REASONS = ("completed", "early_stopped", "diverged", "error", "interrupted")
+INTERVAL_TOLERANCE = 0.01  # inside_interval: L1-density within 1% of the interval's ends
+
+
+@dataclass
+class SearchSpace:
+    """Values to try: lists are choices; (low, high) pairs are log-uniform ranges (random search)
+    or `grid_points` log-spaced values (grid search); low == high fixes the value."""
+
+    period: tuple[int, ...] = (2, 3, 4)
+    csg_epochs: tuple[int, ...] = (1, 2)
+    lambda1: tuple[float, float] = (0.3, 3.0)
+    lambda2: tuple[float, float] = (1e-3, 1.0)
+    g_density: tuple[float, float] | None = None  # default: [1/C, min(1, 4/C)]
+    psi: tuple[str, ...] = ("l1",)
+
+    def check(self, num_classes: int) -> None:
+        if not self.schedules():
+            raise ConfigError(f"--csg-epochs: every value exceeds every --period (got {list(self.csg_epochs)} "
+                              f"and {list(self.period)})")
+        for name, (low, high) in self.ranges(num_classes).items():
+            if not 0 < low <= high:
+                raise ConfigError(f"--{name.replace('_', '-')}: need 0 < low <= high (got {low} {high})")
+        low, high = self.ranges(num_classes)["g_density"]
+        if low < 1 / num_classes - 1e-12 or high > 1:
+            raise ConfigError(f"--g-density: must lie in [1/C, 1] = [{1 / num_classes:.6g}, 1] (got {low} {high})")
+
+    def schedules(self) -> list[tuple[int, int]]:
+        """(period, csg_epochs) pairs with csg_epochs <= period: the conditional part of the space."""
+        return [(p, e) for p in self.period for e in self.csg_epochs if 1 <= e <= p]
+
+    def ranges(self, num_classes: int) -> dict[str, tuple[float, float]]:
+        density = self.g_density or (1 / num_classes, min(1.0, 4 / num_classes))
+        return {"lambda1": self.lambda1, "lambda2": self.lambda2, "g_density": density}
+
+    def param_space(self, num_classes: int, search: str, grid_points: int = 2) -> dict:
+        from ray import tune
+
+        ranges = self.ranges(num_classes)
+        if search == "grid":
+            space = {name: tune.grid_search(_geometric(low, high, grid_points)) for name, (low, high) in ranges.items()}
+            return {**space, "schedule": tune.grid_search(self.schedules()), "psi": tune.grid_search(list(self.psi))}
+        space = {name: tune.loguniform(low, high) if high > low else low for name, (low, high) in ranges.items()}
+        return {**space, "schedule": tune.choice(self.schedules()), "psi": tune.choice(list(self.psi))}
+
+
+def _geometric(low: float, high: float, points: int) -> list[float]:
+    return sorted({float(v) for v in np.geomspace(low, high, points)}) if high > low else [low]
+
+
+def trial_overrides(config: dict) -> dict:
+    """A Tune config as TrainConfig fields (the schedule pair unpacked)."""
+    fields = {k: v for k, v in config.items() if k != "schedule"}
+    if "schedule" in config:
+        fields["period"], fields["csg_epochs"] = (int(v) for v in config["schedule"])
+    return fields
+
+
+def run_trial(config: dict, base: dict, sweep_id: str) -> None:
+    """One trial, in its Tune actor: a training run whose epochs report to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from csg.launch import train
+
+    cfg = TrainConfig(**{**base, **trial_overrides(config)})
+    info = validate(cfg)
+    train(cfg, info, trial_run_id(sweep_id, tune.get_context().get_trial_id()), [TuneReportCallback()])
+
+
+def trial_run_id(sweep_id: str, trial_id: str) -> str:
+    return f"{sweep_id}-{trial_id}"
+
+
+@dataclass
+class SweepOptions:
+    sweep_id: str = ""
+    num_samples: int = 8
+    max_concurrent: int = 0  # 0: as many as the cluster's CPUs (or GPUs) fit
+    search: str = "random"  # random | grid
+    grid_points: int = 2
+    scheduler: str = "asha"  # asha | none
+    grace_period: int = 0  # 0: a quarter of the epochs
+    reduction_factor: int = 3
+    resume: bool = False
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser):
+    """The flags every sweep job shares; returns their group for job-specific ones."""
+    group = parser.add_argument_group("sweep")
+    group.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as many as fit)")
+    group.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers of each trial")
+    group.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs of each trial, split over its workers")
+    group.add_argument("--sweep-id", default=None, help="sweep name (default: generated)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the interrupted sweep --sweep-id with the options it was started with")
+    return group
+
+
+def value_range(values) -> tuple[float, float]:
+    """One value (fixed) or LOW HIGH, from a command-line list."""
+    if len(values) not in (1, 2):
+        raise ConfigError(f"expected one value or LOW HIGH (got {' '.join(map(str, values))})")
+    return (values[0], values[-1])
+
+
+def search_space(args: dict, num_classes: int) -> dict:
+    """The Tune param space of a hyper-parameter sweep, from its parsed options."""
+    space = SearchSpace(
+        period=tuple(args["period"]), csg_epochs=tuple(args["csg_epochs"]), psi=tuple(args["psi"]),
+        lambda1=value_range(args["lambda1"]), lambda2=value_range(args["lambda2"]),
+        g_density=value_range(args["g_density"]) if args["g_density"] else None,
+    )
+    space.check(num_classes)
+    return space.param_space(num_classes, args["search"], args["grid_points"])
+
+
+def launch(cfg: TrainConfig, info: DatasetInfo, args: dict, make_space) -> pd.DataFrame:
+    """Start (or with args["resume"], continue) a sweep: `make_space(args, C)` gives the Tune
+    param space. A fresh sweep saves its config and options next to its Tune state, so that
+    `--resume --sweep-id X` needs nothing else."""
+    if args["resume"]:
+        if not args["sweep_id"]:
+            raise ConfigError("--resume: needs --sweep-id, the sweep to continue")
+        saved = _load_saved(cfg.storage_path, args["sweep_id"])
+        cfg, args = TrainConfig(**saved["config"]), {**saved["args"], "resume": True}
+        info = validate(cfg)
+    else:
+        if args["workers_per_trial"] < 1 or args["gpus_per_trial"] < 0:
+            raise ConfigError("--workers-per-trial must be >= 1 and --gpus-per-trial >= 0 "
+                              f"(got {args['workers_per_trial']} and {args['gpus_per_trial']})")
+        gpus = args["gpus_per_trial"]
+        cfg = dataclasses.replace(cfg, method="csg", workers=args["workers_per_trial"], gpu=gpus > 0,
+                                  gpus_per_worker=gpus / args["workers_per_trial"] if gpus else 1.0)
+        if args["sweep_id"] and _saved(cfg.storage_path, args["sweep_id"]):
+            raise ConfigError(f"--sweep-id: sweep {args['sweep_id']!r} exists under {cfg.storage_path}; "
+                              f"continue it with --resume or choose another id")
+        args = {**args, "sweep_id": args["sweep_id"] or f"{cfg.dataset}-{cfg.model}-sweep-"
+                f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"}
+    param_space = make_space(args, info.num_classes)
+    check_relative_paths({"results": cfg.results, "storage": cfg.storage})
+    cfg = with_absolute_paths(cfg)
+    init_ray()
+    check_visible_from_every_node({"results": cfg.results, "storage": cfg.storage_path})
+    if not args["resume"]:
+        _save(cfg.storage_path, args["sweep_id"], {"config": cfg.to_dict(), "args": args})
+    options = SweepOptions(**{f.name: args[f.name] for f in dataclasses.fields(SweepOptions) if f.name in args})
+    print(f"sweep {options.sweep_id}: storage {cfg.storage_path}/{options.sweep_id}, tables under {cfg.results}",
+          flush=True)
+    return run_sweep(cfg, param_space, options)
+
+
+def _saved_path(storage: str, sweep_id: str) -> tuple:
+    filesystem, base = filesystem_of(storage)
+    return filesystem, f"{base}/{sweep_id}.csg-sweep.json"
+
+
+def _save(storage: str, sweep_id: str, content: dict) -> None:
+    filesystem, path = _saved_path(storage, sweep_id)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as out:
+        out.write(json.dumps(content, indent=1).encode())
+
+
+def _saved(storage: str, sweep_id: str) -> bool:
+    from pyarrow import fs as pafs
+
+    filesystem, path = _saved_path(storage, sweep_id)
+    return filesystem.get_file_info(path).type == pafs.FileType.File
+
+
+def _load_saved(storage: str, sweep_id: str) -> dict:
+    if not _saved(storage, sweep_id):
+        raise ConfigError(f"--resume: no sweep {sweep_id!r} under {storage}")
+    filesystem, path = _saved_path(storage, sweep_id)
+    with filesystem.open_input_stream(path) as stream:
+        return json.loads(stream.read())
+
+
+def run_sweep(base: TrainConfig, param_space: dict, options: SweepOptions) -> pd.DataFrame:
+    """Run (or resume) the sweep, then write and return its `tune` rows."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base.to_dict(), sweep_id=options.sweep_id), {"CPU": 0.01}
+    )
+    path = f"{base.storage_path.rstrip('/')}/{options.sweep_id}"
+    if options.resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                   param_space=param_space)
+    else:
+        scheduler = None
+        if options.scheduler == "asha":
+            # max_t one past the last epoch: ASHA stops a trial on reaching max_t, and a trial
+            # that trains every epoch should end on its own, recording its MI as any run does.
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration", max_t=base.epochs + 1, reduction_factor=options.reduction_factor,
+                grace_period=options.grace_period or max(1, base.epochs // 4),
+            )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=SCORE, mode="max", num_samples=options.num_samples, scheduler=scheduler,
+                search_alg=BasicVariantGenerator(random_state=base.seed),
+                max_concurrent_trials=options.max_concurrent or _fitting_trials(base),
+            ),
+            run_config=tune.RunConfig(name=options.sweep_id, storage_path=base.storage_path, verbose=1),
+        )
+    grid = tuner.fit()
+    # Completed and scheduler-stopped trials end TERMINATED; an interrupted sweep leaves the
+    # rest RUNNING, PAUSED or PENDING in its saved state.
+    statuses = {trial.trial_id: trial.status for trial in tune.ExperimentAnalysis(path).trials}
+    store = ResultStore(base.results)
+    rows = [_trial_row(store, base, options.sweep_id, result, statuses) for result in grid]
+    frame = pd.DataFrame(rows, columns=["run_id", *_TUNE_COLUMNS])
+    for row in frame.to_dict("records"):
+        store.write("tune", row["run_id"], pd.DataFrame([row]))
+    return frame
+
+
+_TUNE_COLUMNS = ("sweep_id", "trial_id", "period", "csg_epochs", "lambda1", "lambda2", "g_density", "psi",
+                 "seed", "final_acc", "best_acc", "mis", "l1_density", "inside_interval", "best_epoch",
+                 "epochs_completed", "stop_reason")
+
+
+def _fitting_trials(base: TrainConfig) -> int:
+    import ray
+
+    resources = ray.cluster_resources()
+    kind, need = ("GPU", base.gpus_per_worker) if base.gpu else ("CPU", 1.0)
+    return max(1, int(resources.get(kind, 1) // (need * base.workers)))
+
+
+def _trial_id(result) -> str:
+    if result.metrics and "trial_id" in result.metrics:
+        return str(result.metrics["trial_id"])
+    match = re.search(r"_([0-9a-f]{5}_\d{5})", str(result.path))
+    if not match:
+        raise RuntimeError(f"cannot tell the trial id of {result.path}")
+    return match.group(1)
+
+
+def _trial_row(store: ResultStore, base: TrainConfig, sweep_id: str, result, statuses: dict) -> dict:
+    trial_id = _trial_id(result)
+    run_id = trial_run_id(sweep_id, trial_id)
+    cfg = dataclasses.replace(base, **trial_overrides(result.config))
+    run = store.read("runs", run_id).iloc[0].to_dict() if store.exists("runs", run_id) else {}
+    status = run.get("status")
+    if status == "running" and statuses.get(trial_id) == "TERMINATED":
+        run = finish_stopped_run(store, cfg, run_id)
+        status = run["status"]
+    reason = {"finished": "completed", "stopped": "early_stopped", "diverged": "diverged", "failed": "error"}.get(
+        status, "error" if statuses.get(trial_id) == "ERROR" or result.error is not None else "interrupted")
+    density = run.get("l1_density", math.nan)
+    low, high = run.get("l1_interval_low"), run.get("l1_interval_high")
+    inside = (low is not None and high is not None and not math.isnan(density)
+              and low * (1 - INTERVAL_TOLERANCE) <= density <= high * (1 + INTERVAL_TOLERANCE))
+    return {
+        "run_id": run_id, "sweep_id": sweep_id, "trial_id": trial_id,
+        **{name: getattr(cfg, name) for name in ("period", "csg_epochs", "lambda1", "lambda2", "psi", "seed")},
+        "g_density": cfg.g_density if cfg.g_density is not None else math.nan,
+        **{name: _number(run.get(name)) for name in ("final_acc", "best_acc", "mis", "l1_density")},
+        "inside_interval": bool(inside),
+        "best_epoch": _integer(run.get("best_epoch")), "epochs_completed": _integer(run.get("epochs_completed")),
+        "stop_reason": reason,
+    }
+
+
+def _number(value) -> float:
+    return math.nan if value is None or pd.isna(value) else float(value)
+
+
+def _integer(value):
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def finish_stopped_run(store: ResultStore, cfg: TrainConfig, run_id: str) -> dict:
+    """Finish a run Tune ended from outside, from its latest checkpoint: MI and gate tables, and
+    its `runs` row with status `stopped` (`finished` if it had trained every epoch). Returns that row."""
+    from analysis.mutual_info import extract_features
+    from csg import checkpoint as ckpt_lib
+    from csg.gate import g_from_density
+    from csg.mutual_info import mi_matrix
+
+    folder = ckpt_lib.latest_checkpoint(cfg.storage_path, run_id)
+    state = ckpt_lib.read(folder)
+    row = store.read("runs", run_id).iloc[0].to_dict()
+    num_classes = int(row["num_classes"])
+    features = extract_features(folder)
+    matrix = mi_matrix(features["features"], features["labels"], num_classes, cfg.mi_neighbors, cfg.seed)
+    run_record.write_mi(store, run_id, matrix)
+    gate = next(iter(state["gate"].values())).numpy() if state["gate"] else None
+    if gate is not None:
+        run_record.write_gates(store, run_id, gate)
+    density = cfg.g_density if cfg.g_density is not None else 1 / num_classes
+    g = g_from_density(density, num_classes, matrix.shape[0]) if gate is not None else math.nan
+    low, high = l1_interval(num_classes, density)
+    summary = {
+        **{k: row[k] for k in ("num_classes", "started_at")},
+        **run_record.result_summary(state["history"], matrix, matrix.shape[0], g),
+        "status": "finished" if len(state["history"]) == cfg.epochs else "stopped", "checkpoint": str(folder),
+        "l1_interval_low": low if gate is not None else None, "l1_interval_high": high if gate is not None else None,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    run_record.write_run(store, run_id, cfg, summary)
+    return {"run_id": run_id, **summary}
+
+
+def pareto_front(frame: pd.DataFrame, x: str = "mis", y: str = "final_acc") -> pd.DataFrame:
+    """Rows no other row beats on both columns (higher is better), sorted by `x`."""
+    scored = frame.dropna(subset=[x, y])
+    keep = [
+        not ((scored[x] >= row[x]) & (scored[y] >= row[y]) & ((scored[x] > row[x]) | (scored[y] > row[y]))).any()
+        for _, row in scored.iterrows()
+    ]
+    return scored[keep].sort_values(x)
+
+
+def print_summary(frame: pd.DataFrame, top: int) -> None:
+    columns = ["trial_id", "period", "csg_epochs", "lambda1", "lambda2", "g_density", "psi", "final_acc", "mis",
+               "l1_density", "inside_interval", "epochs_completed", "stop_reason"]
+    with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
+        print(f"\ntop {min(top, len(frame))} of {len(frame)} trials by accuracy:")
+        print(frame.sort_values("final_acc", ascending=False)[columns].head(top).to_string(index=False))
+        print("\nPareto front, accuracy against MIS:")
+        print(pareto_front(frame)[columns].to_string(index=False))
+    if (frame["stop_reason"] == "interrupted").any():
+        print(f"\nsweep interrupted; continue it with: --resume --sweep-id {frame['sweep_id'].iloc[0]}")
+
+
+def figure_path(cfg: TrainConfig, frame: pd.DataFrame) -> str:
+    return f"{cfg.results.rstrip('/')}/figures/tune_{frame['sweep_id'].iloc[0]}.png"
+
+
+def plot_sweep(frame: pd.DataFrame, path) -> None:
+    """Accuracy against MIS, one point per trial, coloured by L1-density; the Pareto front joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = frame.dropna(subset=["mis", "final_acc"])
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    points = ax.scatter(scored["mis"], scored["final_acc"], c=scored["l1_density"], cmap="viridis")
+    front = pareto_front(scored)
+    ax.plot(front["mis"], front["final_acc"], color="grey", lw=1, zorder=0, label="Pareto front")
+    fig.colorbar(points, ax=ax, label="L1-density")
+    ax.set_xlabel("MIS")
+    ax.set_ylabel("test accuracy")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

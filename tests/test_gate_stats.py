@@ -1,0 +1,77 @@
+"""Gate statistics (Appendix E) by hand and from seeded runs, and the fixed gate built from them."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analysis.gate_stats import gate_counts, summarize
+from csg.cli import get_args_parser, parse_config
+from csg.gate import fixed_gate_matrix
+from csg.ray_train import make_gate
+from csg.results import ResultStore
+from tests.helpers import job_main, readme_columns, written_columns
+
+#                 f0   f1   f2   f3   f4   f5
+GATE = np.array([[1.0, 0.6, 0.4, 1.0, 0.2, 0.5],   # class 0
+                 [0.0, 0.2, 0.9, 1.0, 0.3, 0.5],   # class 1
+                 [0.0, 0.1, 0.0, 0.0, 0.4, 0.5]])  # class 2
+
+
+@pytest.mark.parametrize("tau, monopolized, shared, unused", [
+    (0.5, [2, 1, 0], 2, 1),   # f0, f1 | f2 | -; shared f3, f5 (tau counts); unused f4
+    (0.95, [1, 0, 0], 1, 4),  # f0 | - | -; shared f3; unused f1, f2, f4, f5
+])
+def test_counts_on_a_hand_built_gate(tau, monopolized, shared, unused):
+    counts = gate_counts(GATE, tau)
+    assert counts["monopolized"].tolist() == monopolized
+    assert set(counts["shared"]) == {shared} and set(counts["unused"]) == {unused}
+
+
+def test_summary_is_per_class_m1_and_per_run_m2():
+    stats = pd.concat([gate_counts(GATE).assign(run_id="a"),
+                       gate_counts(np.ones((3, 6))).assign(run_id="b")], ignore_index=True)
+    per_class, m2_mean, m2_std = summarize(stats)
+    assert per_class["m1_mean"].tolist() == [1.0, 0.5, 0.0]
+    assert (m2_mean, m2_std) == (4.0, pytest.approx(np.std([2, 6], ddof=1)))
+
+
+def test_three_seeds_give_gate_stats_for_every_run_and_class(ray_local, tmp_path):
+    stats = job_main("seeds_cifar")(["--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--seeds", "3",
+                                     "--max-concurrent", "2", "--results", str(tmp_path)])
+    table = pd.read_parquet(tmp_path / "gate_stats")
+    assert len(table) == 30 and table.groupby("run_id", observed=True).size().eq(10).all()
+    assert sorted(table["seed"].unique()) == [0, 1, 2]
+    assert (table.groupby("run_id", observed=True)["monopolized"].sum()
+            + table.groupby("run_id", observed=True)["shared"].first()
+            + table.groupby("run_id", observed=True)["unused"].first() <= 64).all()
+    assert len(stats) == 30
+    assert written_columns(tmp_path, "gate_stats") == readme_columns("gate_stats")
+
+
+def _stats_table(root, monopolized, shared, classes=10):
+    store = ResultStore(str(root))
+    for run, (m1, m2) in enumerate(zip(monopolized, shared)):
+        store.write("gate_stats", f"r{run}", pd.DataFrame({
+            "seed": run, "class": range(classes), "monopolized": m1, "shared": m2, "unused": 0, "tau": 0.5}))
+
+
+def test_fixed_gate_from_builds_the_matrix_of_the_rounded_means(tmp_path):
+    _stats_table(tmp_path, monopolized=[3, 4, 4], shared=[5, 6, 6])  # m1 3.67 -> 4, m2 5.67 -> 6
+    parser = get_args_parser("cifar10-resnet20", "test")
+    cfg, info, _ = parse_config(parser, ["--dataset", "digits", "--fixed-gate-from", str(tmp_path)])
+    assert (cfg.gate, cfg.m1, cfg.m2) == ("fixed", 4, 6)
+    gate = make_gate(cfg, info.num_classes, 64).matrix
+    assert torch.equal(gate, fixed_gate_matrix(10, 64, 4, 6))
+    assert gate.sum(1).tolist() == [10.0] * 10  # each class: its 4 filters and the 6 shared
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda root: None, "needs a gate_stats table"),
+    (lambda root: _stats_table(root, [3], [2], classes=7), "cover 7 classes, this data set has 10"),
+])
+def test_fixed_gate_from_refuses_missing_or_mismatched_stats(tmp_path, capsys, setup, message):
+    setup(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(get_args_parser("cifar10-resnet20", "test"),
+                     ["--dataset", "digits", "--fixed-gate-from", str(tmp_path)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

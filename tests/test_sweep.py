@@ -1,0 +1,107 @@
+"""Ray Tune sweeps: trials as training runs, the `tune` table, the Pareto front, and resume."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from csg.sweep import STOP_REASONS, SearchSpace, pareto_front
+from tests.helpers import REPO, job_main, readme_columns, written_columns
+
+SWEEP_ARGS = ["--dataset", "digits", "--epochs", "3", "--batch-size", "64"]
+
+
+def test_four_trial_sweep_writes_a_row_per_trial_and_every_run_table(ray_local, tmp_path):
+    frame = job_main("tune_cifar")([*SWEEP_ARGS, "--num-samples", "4", "--max-concurrent", "2",
+                                    "--grace-period", "1", "--results", str(tmp_path)])
+    tune = pd.read_parquet(tmp_path / "tune")
+    assert len(tune) == 4 and set(tune["stop_reason"]) <= set(STOP_REASONS)
+    configs = tune[["period", "csg_epochs", "lambda1", "lambda2", "g_density"]].apply(tuple, axis=1)
+    assert configs.nunique() == 4
+    assert (tune["csg_epochs"] <= tune["period"]).all()
+    assert tune["g_density"].between(0.1, 0.4).all()  # the default range [1/C, 4/C]
+    for table in ("runs", "epochs", "gates", "mi"):
+        written = set(pd.read_parquet(tmp_path / table)["run_id"].astype(str))
+        assert written == set(tune["run_id"].astype(str)), table
+    runs = pd.read_parquet(tmp_path / "runs").set_index("run_id")
+    assert set(runs["status"]) <= {"finished", "stopped"}
+    assert tune["mis"].notna().all() and tune["final_acc"].notna().all()
+    assert not pareto_front(frame).empty
+    assert (tmp_path / "figures" / f"tune_{tune['sweep_id'].iloc[0]}.png").is_file()
+    assert written_columns(tmp_path, "tune") == readme_columns("tune")
+
+
+def test_pareto_front_keeps_rows_no_other_row_beats_on_both():
+    frame = pd.DataFrame({"mis": [0.1, 0.2, 0.3, 0.2, 0.05], "final_acc": [0.9, 0.8, 0.5, 0.7, 0.95]})
+    assert pareto_front(frame).index.tolist() == [4, 0, 1, 2]
+
+
+def test_search_space_pairs_csg_epochs_with_periods_that_allow_them():
+    assert SearchSpace(period=(1, 3), csg_epochs=(1, 2)).schedules() == [(1, 1), (3, 1), (3, 2)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--g-density", "0.01", "0.2"], "--g-density: must lie in"),
+    (["--csg-epochs", "5", "--period", "2", "3"], "--csg-epochs: every value exceeds"),
+    (["--lambda2", "1", "2", "3"], "expected one value or LOW HIGH"),
+    (["--resume"], "--resume: needs --sweep-id"),
+    (["--resume", "--sweep-id", "nothing-here"], "--resume: no sweep 'nothing-here'"),
+])
+def test_bad_sweep_options_are_one_line_errors(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        job_main("tune_cifar")([*SWEEP_ARGS, "--results", str(tmp_path), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "tune").exists()
+
+
+def test_a_sweep_id_in_use_is_refused_without_resume(tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "taken.csg-sweep.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        job_main("tune_cifar")([*SWEEP_ARGS, "--results", str(tmp_path), "--sweep-id", "taken"])
+    assert "sweep 'taken' exists" in capsys.readouterr().err
+
+
+@pytest.mark.separate_ray
+def test_resume_after_an_interruption_does_not_rerun_finished_trials(tmp_path):
+    command = [sys.executable, str(REPO / "jobs" / "tune_cifar.py"), *SWEEP_ARGS, "--num-samples", "3",
+               "--max-concurrent", "1", "--scheduler", "none", "--sweep-id", "s", "--results", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    sweep = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finished = _wait_for_a_finished_run(tmp_path, sweep, timeout=240)
+    sweep.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the sweep's state and stops
+    output, _ = sweep.communicate(timeout=120)
+    first = pd.read_parquet(tmp_path / "tune")
+    assert "interrupted" in set(first["stop_reason"]), output[-2000:]
+    before = {run: _run_files(tmp_path, run) for run in finished}
+
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    tune = pd.read_parquet(tmp_path / "tune")
+    assert len(tune) == 3 and set(tune["stop_reason"]) == {"completed"}
+    for run in finished:  # neither trained again nor rewritten
+        assert _run_files(tmp_path, run) == before[run]
+
+
+def _wait_for_a_finished_run(results, process, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        if (results / "runs").exists():
+            runs = pd.read_parquet(results / "runs")
+            done = runs.loc[runs["status"] == "finished", "run_id"].astype(str).tolist()
+            if done:
+                return done
+        time.sleep(1)
+    process.kill()
+    raise AssertionError("no trial finished in time")
+
+
+def _run_files(results, run_id):
+    return {table: os.stat(results / table / f"run_id={run_id}" / "part-0.parquet").st_mtime_ns
+            for table in ("runs", "epochs", "mi", "gates")}
