@@ -63,12 +63,16 @@ def plot_histogram(stats: pd.DataFrame, path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     m2 = stats.groupby("run_id", observed=True)["shared"].first()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
     for ax, values, label in ((axes[0], stats["monopolized"], "m1: filters a class monopolizes"),
                               (axes[1], m2, "m2: filters shared by 2+ classes")):
-        ax.hist(values, bins=np.arange(values.min(), values.max() + 2) - 0.5)
+        ax.hist(values, bins=np.arange(values.min(), values.max() + 2) - 0.5, rwidth=0.9)
+        ax.set_xlim(values.min() - 1, values.max() + 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(label)
     axes[0].set_ylabel("count")
     fig.tight_layout()

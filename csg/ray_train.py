@@ -194,6 +194,14 @@ def _check_gate_identical(gate: ClassSpecificGate, epoch: int) -> None:
         raise RuntimeError(f"gate differs across ranks after epoch {epoch}")
 
 
+def scaling_config(cfg: TrainConfig) -> ScalingConfig:
+    """`--workers` ranks; with `--gpu`, each asks for `--gpus-per-worker` GPUs (a fraction
+    lets several runs of a sweep share one)."""
+    if not cfg.gpu:
+        return ScalingConfig(num_workers=cfg.workers)
+    return ScalingConfig(num_workers=cfg.workers, use_gpu=True, resources_per_worker={"GPU": cfg.gpus_per_worker})
+
+
 def fit(cfg: TrainConfig, run_id: str, callbacks=()) -> tuple[dict, ray.train.Result]:
     """Run one training under Ray Train; returns rank 0's summary and the Ray result.
     `callbacks` are Ray Train callbacks (a Tune trial passes the one that reports to Tune)."""
@@ -201,10 +209,7 @@ def fit(cfg: TrainConfig, run_id: str, callbacks=()) -> tuple[dict, ray.train.Re
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "run_id": run_id},
         torch_config=TorchConfig(backend="nccl" if cfg.gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.gpu,
-            resources_per_worker={"GPU": cfg.gpus_per_worker} if cfg.gpu else None,
-        ),
+        scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=run_id,
             storage_path=cfg.storage_path,

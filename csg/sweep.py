@@ -25,7 +25,7 @@ import pandas as pd
 from csg import run_record
 from csg.cluster import check_relative_paths, check_visible_from_every_node, init_ray
 from csg.config import ConfigError, TrainConfig, validate, with_absolute_paths
-from csg.data import DatasetInfo
+from csg.data import DatasetInfo, describe
 from csg.gate import l1_interval
 from csg.results import ResultStore, filesystem_of
 
@@ -101,7 +101,7 @@ def run_trial(config: dict, base: dict, sweep_id: str) -> None:
     from csg.launch import train
 
     cfg = TrainConfig(**{**base, **trial_overrides(config)})
-    info = validate(cfg)
+    info = describe(cfg.dataset, cfg.data)  # validated by the driver, GPUs included
     train(cfg, info, trial_run_id(sweep_id, tune.get_context().get_trial_id()), [TuneReportCallback()])
 
 
@@ -166,9 +166,8 @@ def launch(cfg: TrainConfig, info: DatasetInfo, args: dict, make_space) -> pd.Da
         if args["workers_per_trial"] < 1 or args["gpus_per_trial"] < 0:
             raise ConfigError("--workers-per-trial must be >= 1 and --gpus-per-trial >= 0 "
                               f"(got {args['workers_per_trial']} and {args['gpus_per_trial']})")
-        gpus = args["gpus_per_trial"]
-        cfg = dataclasses.replace(cfg, method="csg", workers=args["workers_per_trial"], gpu=gpus > 0,
-                                  gpus_per_worker=gpus / args["workers_per_trial"] if gpus else 1.0)
+        cfg = trial_config(cfg, args["workers_per_trial"], args["gpus_per_trial"])
+        info = validate(cfg)
         if args["sweep_id"] and _saved(cfg.storage_path, args["sweep_id"]):
             raise ConfigError(f"--sweep-id: sweep {args['sweep_id']!r} exists under {cfg.storage_path}; "
                               f"continue it with --resume or choose another id")
@@ -185,6 +184,12 @@ def launch(cfg: TrainConfig, info: DatasetInfo, args: dict, make_space) -> pd.Da
     print(f"sweep {options.sweep_id}: storage {cfg.storage_path}/{options.sweep_id}, tables under {cfg.results}",
           flush=True)
     return run_sweep(cfg, param_space, options)
+
+
+def trial_config(cfg: TrainConfig, workers: int, gpus: float) -> TrainConfig:
+    """The config every trial starts from: CSG, `workers` ranks sharing `gpus` GPUs."""
+    return dataclasses.replace(cfg, method="csg", workers=workers, gpu=gpus > 0,
+                               gpus_per_worker=gpus / workers if gpus else 1.0)
 
 
 def _saved_path(storage: str, sweep_id: str) -> tuple:
@@ -286,7 +291,9 @@ def _trial_row(store: ResultStore, base: TrainConfig, sweep_id: str, result, sta
     cfg = dataclasses.replace(base, **trial_overrides(result.config))
     run = store.read("runs", run_id).iloc[0].to_dict() if store.exists("runs", run_id) else {}
     status = run.get("status")
-    if status == "running" and statuses.get(trial_id) == "TERMINATED":
+    # Stopped by the scheduler, the trial's run was cut off mid-epoch: its row still says
+    # running, or failed if the stop reached it as an error first. Tune saw no error.
+    if status in ("running", "failed") and statuses.get(trial_id) == "TERMINATED":
         run = finish_stopped_run(store, cfg, run_id)
         status = run["status"]
     reason = {"finished": "completed", "stopped": "early_stopped", "diverged": "diverged", "failed": "error"}.get(
@@ -387,7 +394,7 @@ def plot_sweep(frame: pd.DataFrame, path) -> None:
     fig.colorbar(points, ax=ax, label="L1-density")
     ax.set_xlabel("MIS")
     ax.set_ylabel("test accuracy")
-    ax.legend(loc="lower left")
+    ax.legend(loc="best")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

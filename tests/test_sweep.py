@@ -8,7 +8,9 @@ import time
 import pandas as pd
 import pytest
 
-from csg.sweep import STOP_REASONS, SearchSpace, pareto_front
+from csg.config import TrainConfig
+from csg.ray_train import scaling_config
+from csg.sweep import STOP_REASONS, SearchSpace, pareto_front, trial_config
 from tests.helpers import REPO, job_main, readme_columns, written_columns
 
 SWEEP_ARGS = ["--dataset", "digits", "--epochs", "3", "--batch-size", "64"]
@@ -37,6 +39,14 @@ def test_four_trial_sweep_writes_a_row_per_trial_and_every_run_table(ray_local, 
 def test_pareto_front_keeps_rows_no_other_row_beats_on_both():
     frame = pd.DataFrame({"mis": [0.1, 0.2, 0.3, 0.2, 0.05], "final_acc": [0.9, 0.8, 0.5, 0.7, 0.95]})
     assert pareto_front(frame).index.tolist() == [4, 0, 1, 2]
+
+
+def test_trial_workers_share_the_trial_gpus():
+    cfg = trial_config(TrainConfig(method="std"), workers=2, gpus=1)
+    assert (cfg.method, cfg.workers, cfg.gpu, cfg.gpus_per_worker) == ("csg", 2, True, 0.5)
+    scaling = scaling_config(cfg)
+    assert scaling.num_workers == 2 and scaling.use_gpu and scaling.resources_per_worker == {"GPU": 0.5}
+    assert not scaling_config(trial_config(TrainConfig(), workers=2, gpus=0)).use_gpu
 
 
 def test_search_space_pairs_csg_epochs_with_periods_that_allow_them():
