@@ -107,8 +107,8 @@ def epoch_line(run_id: str, row: dict, epochs: int) -> str:
 
 def summary_line(run_id: str, cfg: TrainConfig, summary: dict) -> str:
     density = "" if cfg.method == "std" else (
-        f", L1-density {summary['l1_density']:.4f} in [{summary['l1_interval_low']:.4g}, "
-        f"{summary['l1_interval_high']:.4g}]"
+        f", L1-density {summary['l1_density']:.4f} (interval [{summary['l1_interval_low']:.4g}, "
+        f"{summary['l1_interval_high']:.4g}])"
     )
     return (
         f"run {run_id} finished: {summary['epochs_completed']} epochs, "
