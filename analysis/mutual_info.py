@@ -108,7 +108,7 @@ def extract_features(checkpoint, split="test", all_layers=False, shards=1, batch
     over disjoint contiguous slices, concatenated in order."""
     if shards <= 1:
         return _extract_shard(str(checkpoint), split, all_layers, None, batch_size)
-    size = len(_split(str(checkpoint), split))
+    size = len(checkpoint_split(str(checkpoint), split))
     bounds = np.linspace(0, size, shards + 1).astype(int)
     parts = ray.get([
         ray.remote(num_cpus=1)(_extract_shard).remote(str(checkpoint), split, all_layers, (a, b), batch_size)
@@ -117,15 +117,15 @@ def extract_features(checkpoint, split="test", all_layers=False, shards=1, batch
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def _split(checkpoint, split):
+def checkpoint_split(checkpoint, split):
+    """A checkpoint's data split ("train" or "test") as the model is evaluated on it."""
     _, cfg, _ = restore_model(checkpoint)
-    train, test = data_lib.load(cfg.dataset, cfg.data, cfg.image_size, cfg.skip_bad_images)
-    return test if split == "test" else train
+    return data_lib.evaluation_set(cfg.dataset, cfg.data, split, cfg.image_size, cfg.skip_bad_images)
 
 
 def _extract_shard(checkpoint, split, all_layers, bounds, batch_size):
     model, cfg, _ = restore_model(checkpoint)
-    dataset = _split(checkpoint, split)
+    dataset = checkpoint_split(checkpoint, split)
     if bounds is not None:
         dataset = Subset(dataset, range(*bounds))
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -101,6 +101,33 @@ def load(
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_CHOICES)}")
 
 
+def evaluation_set(name: str, root: str | None, split: str = "test", image_size: int = 224,
+                   skip_bad_images: bool = False) -> Dataset:
+    """One split as the model is evaluated on it: no augmentation, training split included
+    (analyses that attack or probe training images must see them unaltered)."""
+    if split not in ("train", "test"):
+        raise DataError(f"split must be train or test (got {split!r})")
+    if name == "imagefolder":
+        eval_tf = T.Compose(
+            [T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor()]
+        )
+        folder = str(Path(root) / ("train" if split == "train" else "val"))
+        return CheckedImageFolder(folder, eval_tf, skip_bad=skip_bad_images)
+    if name in CIFAR_FILES:
+        return _cifar_split(name, root, split == "train", None)
+    train, test = load(name, root)
+    return train if split == "train" else test
+
+
+def split_labels(dataset: Dataset) -> np.ndarray:
+    """Every label of an `evaluation_set`, without decoding an image."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy()
+    if isinstance(dataset, CifarPickles):
+        return dataset.labels.numpy()
+    return np.asarray(dataset.targets)
+
+
 def cifar_present(name: str, root: str | None) -> bool:
     try:
         _cifar_dir(name, root or DEFAULT_DATA_ROOT)

@@ -60,6 +60,25 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("stop_reason", pa.string()),
         ]
     ),
+    "adversarial": pa.schema(
+        [
+            ("attack", pa.string()),
+            ("train_per_class", pa.int64()),
+            ("repeat", pa.int64()),
+            ("n_train", pa.int64()),
+            ("n_test", pa.int64()),
+            ("error_rate", pa.float64()),
+            ("attack_success_rate", pa.float64()),
+        ]
+    ),
+    "blackbox": pa.schema(
+        [
+            ("attack", pa.string()),
+            ("n_images", pa.int64()),
+            ("clean_accuracy", pa.float64()),
+            ("success_rate", pa.float64()),
+        ]
+    ),
     "gate_stats": pa.schema(
         [
             ("seed", pa.int64()),

@@ -2,12 +2,18 @@
 
     python jobs/analyze.py mi --results results --run RUN_ID                  # fast, exact, Ray-parallel
     python jobs/analyze.py mi --results results --run RUN_ID --method sklearn # the reference loop
+    python jobs/analyze.py adversarial --results results --runs CSG_RUN STD_RUN   # Table 3
+    python jobs/analyze.py blackbox --results results --runs CSG_RUN STD_RUN      # Table 4
 """
 from __future__ import annotations
 
 import argparse
 import time
 
+import pandas as pd
+
+from analysis.adversarial import ATTACK_DEFAULTS, WHITE_BOX
+from analysis.blackbox import BLACK_BOX, LOCAL_SEARCH_DEFAULTS
 from csg.cli import OneLineParser
 from csg.cluster import init_ray
 from csg.mutual_info import METHODS
@@ -24,19 +30,131 @@ def get_args_parser() -> argparse.ArgumentParser:
     mi.add_argument("--run", required=True, help="run id")
     mi.add_argument("--method", choices=METHODS, default="fast", help="fast (exact, Ray tasks) or sklearn")
     mi.add_argument("--shards", type=int, default=1, help="Ray tasks extracting features")
+    adv = commands.add_parser("adversarial", help="adversarial-sample detection from per-layer features (Table 3)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    adv.add_argument("--results", default="results", help="results root holding the runs")
+    adv.add_argument("--runs", nargs="+", required=True, help="run ids, typically a CSG and a STD run")
+    adv.add_argument("--attacks", nargs="+", choices=WHITE_BOX, default=list(WHITE_BOX), help="white-box attacks")
+    adv.add_argument("--eps", type=float, default=ATTACK_DEFAULTS["fgsm"]["eps"], help="FGSM and PGD L-inf budget")
+    adv.add_argument("--pgd-steps", type=int, default=ATTACK_DEFAULTS["pgd"]["steps"], help="PGD iterations")
+    adv.add_argument("--pgd-alpha", type=float, default=ATTACK_DEFAULTS["pgd"]["alpha"], help="PGD step size")
+    adv.add_argument("--cw-steps", type=int, default=ATTACK_DEFAULTS["cw"]["steps"], help="CW iterations")
+    adv.add_argument("--cw-c", type=float, default=ATTACK_DEFAULTS["cw"]["c"], help="CW loss weight c")
+    adv.add_argument("--cw-lr", type=float, default=ATTACK_DEFAULTS["cw"]["lr"], help="CW learning rate")
+    adv.add_argument("--train-per-class", type=int, nargs="+", default=[500, 1000, 2000],
+                     help="detector training sizes, images per class (each image: clean and adversarial)")
+    adv.add_argument("--test-per-class", type=int, default=100, help="detector test images per class")
+    adv.add_argument("--repeats", type=int, default=5, help="detectors per size, on different draws")
+    adv.add_argument("--split", choices=("train", "test"), default="train", help="split the images come from")
+    adv.add_argument("--seed", type=int, default=0, help="seed of the image draws, targets and forests")
+    adv.add_argument("--batch-size", type=int, default=256, help="images per attack batch")
+    box = commands.add_parser("blackbox", help="one-pixel and local-search black-box attacks (Table 4)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    box.add_argument("--results", default="results", help="results root holding the runs")
+    box.add_argument("--runs", nargs="+", required=True, help="run ids, typically a CSG and a STD run")
+    box.add_argument("--attacks", nargs="+", choices=BLACK_BOX, default=list(BLACK_BOX), help="black-box attacks")
+    box.add_argument("--images", type=int, default=100, help="test images attacked (a fixed sample, every run)")
+    box.add_argument("--pixels", type=int, default=1, help="one-pixel: pixels changed")
+    box.add_argument("--de-steps", type=int, default=10, help="one-pixel: differential-evolution iterations")
+    box.add_argument("--popsize", type=int, default=10, help="one-pixel: population size multiplier")
+    for name, default in LOCAL_SEARCH_DEFAULTS.items():
+        box.add_argument(f"--ls-{name.replace('_', '-')}", type=type(default), default=default,
+                         help=f"local search: {LOCAL_SEARCH_HELP[name]}")
+    box.add_argument("--seed", type=int, default=0, help="seed of the image sample and the attacks")
     return parser
 
 
-def main(argv=None) -> float:
+LOCAL_SEARCH_HELP = {
+    "rounds": "rounds at most", "per_round": "pixels changed per round", "radius": "half-width of the "
+    "neighbourhood searched next", "p": "probe value p*sign(pixel), in [-1, 1] units", "r": "factor applied to a chosen pixel (wrapped into range)",
+    "initial_fraction": "share of pixels probed in the first round", "max_pixels": "pixels changed at most",
+}
+
+
+def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    return {"mi": mi_main, "adversarial": adversarial_main, "blackbox": blackbox_main}[args.command](parser, args)
+
+
+def checkpoint_of(parser, store: ResultStore, run_id: str, option: str) -> tuple[str, pd.Series]:
+    """A finished run's latest checkpoint and `runs` row; a missing run or checkpoint exits 2."""
+    if not store.exists("runs", run_id):
+        parser.error(f"{option}: no run {run_id!r} under {store.root}/runs")
+    row = store.read("runs", run_id).iloc[0]
+    if not isinstance(row["checkpoint"], str):
+        parser.error(f"{option}: run {run_id} has no checkpoint (status {row['status']})")
+    return row["checkpoint"], row
+
+
+def adversarial_main(parser, args) -> pd.DataFrame:
+    from analysis.adversarial import run_detection, table3
+
     store = ResultStore(args.results)
-    if not store.exists("runs", args.run):
-        parser.error(f"--run: no run {args.run!r} under {args.results}/runs")
+    found = {run: checkpoint_of(parser, store, run, "--runs") for run in args.runs}
+    if len({(row["dataset"], row["data"]) for _, row in found.values()}) > 1:
+        parser.error("--runs: the runs were trained on different data; the detector compares them on one image pool")
+    if min(args.train_per_class) < 1 or args.test_per_class < 1 or args.repeats < 1:
+        parser.error("--train-per-class, --test-per-class and --repeats must be >= 1")
+    options = {"fgsm": {"eps": args.eps}, "pgd": {"eps": args.eps, "alpha": args.pgd_alpha, "steps": args.pgd_steps},
+               "cw": {"c": args.cw_c, "steps": args.cw_steps, "lr": args.cw_lr}}
+    init_ray()
+    try:
+        frame = run_detection({run: checkpoint for run, (checkpoint, _) in found.items()}, args.attacks, options,
+                              args.train_per_class, args.test_per_class, args.repeats, args.split, args.seed,
+                              args.batch_size, progress=lambda line: print(line, flush=True))
+    except ValueError as exc:  # too few images for the sizes asked
+        parser.error(f"--train-per-class/--test-per-class: {exc}")
+    for run, rows in frame.groupby("run_id", sort=False):
+        store.write("adversarial", run, rows)
+    names = {run: f"{row['method'].upper()} {run}" for run, (_, row) in found.items()}
+    print("\nmean detector error rate (%), as Table 3; attack success rate in the adversarial table")
+    print(table3(frame, names).to_string(float_format="{:.2f}".format))
+    return frame
+
+
+def blackbox_main(parser, args) -> pd.DataFrame:
+    import numpy as np
+
+    from analysis.blackbox import attack_sample, blackbox_row
+    from analysis.mutual_info import checkpoint_split
+
+    store = ResultStore(args.results)
+    found = {run: checkpoint_of(parser, store, run, "--runs") for run in args.runs}
+    if len({(row["dataset"], row["data"]) for _, row in found.values()}) > 1:
+        parser.error("--runs: the runs were trained on different data; the attacks compare them on one image sample")
+    size = len(checkpoint_split(next(iter(found.values()))[0], "test"))
+    if not 1 <= args.images <= size:
+        parser.error(f"--images: must be between 1 and the test set's {size} (got {args.images})")
+    indices = np.sort(np.random.default_rng(args.seed).choice(size, args.images, replace=False))
+    options = {"onepixel": {"pixels": args.pixels, "steps": args.de_steps, "popsize": args.popsize},
+               "localsearch": {name: getattr(args, f"ls_{name}") for name in LOCAL_SEARCH_DEFAULTS}}
+    init_ray()
+    import ray
+
+    task = ray.remote(num_cpus=1)(attack_sample)
+    refs = {task.remote(checkpoint, name, indices, options[name], args.seed): (run, name)
+            for run, (checkpoint, _) in found.items() for name in args.attacks}
+    rows, pending = [], list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        run, name = refs[ready[0]]
+        rows.append({"run_id": run, "attack": name, **blackbox_row(ray.get(ready[0]))})
+        print(f"{run} {name}: success {rows[-1]['success_rate']:.3f} on {rows[-1]['n_images']} images", flush=True)
+    frame = pd.DataFrame(rows)
+    for run, run_rows in frame.groupby("run_id", sort=False):
+        store.write("blackbox", run, run_rows)
+    names = {run: f"{row['method'].upper()} {run}" for run, (_, row) in found.items()}
+    table = frame.pivot_table(index="attack", columns="run_id", values="success_rate", observed=True) * 100
+    print("\nattack success rate (%) on correctly classified images, as Table 4")
+    print(table.rename(columns=names).to_string(float_format="{:.2f}".format))
+    return frame
+
+
+def mi_main(parser, args) -> float:
+    store = ResultStore(args.results)
+    checkpoint, _ = checkpoint_of(parser, store, args.run, "--run")
     row = store.read("runs", args.run)
-    checkpoint = row.loc[0, "checkpoint"]
-    if not isinstance(checkpoint, str):
-        parser.error(f"--run: run {args.run} has no checkpoint (status {row.loc[0, 'status']})")
     init_ray()
     from analysis.mutual_info import extract_features, mi_matrix, mi_matrix_ray, mis
 

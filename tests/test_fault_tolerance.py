@@ -17,7 +17,7 @@ def test_node_loss_resumes_and_matches_the_uninterrupted_gate(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(
         [sys.executable, str(REPO / "tests" / "node_loss.py"), str(tmp_path), temp],
-        env=env, capture_output=True, text=True, timeout=175, cwd=REPO,
+        env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
