@@ -22,8 +22,10 @@ def joining_cluster() -> bool:
 
 
 def init_ray(**local_kwargs) -> None:
-    """Join the cluster when RAY_ADDRESS is set (as under `ray job submit`), else start a local
-    Ray that listens on 127.0.0.1 only. Local-only arguments apply to a local start alone."""
+    """Join the cluster when RAY_ADDRESS is set (as under `ray job submit`), else start a new
+    local Ray that listens on 127.0.0.1 only: never one a `ray start` left on this machine,
+    whose address file outlives it when it is killed. Local-only arguments apply to a local
+    start alone."""
     if not joining_cluster() and "ray" not in sys.modules:
         os.environ.setdefault(_SINGLE_MACHINE, "0")
     import ray
@@ -36,7 +38,7 @@ def init_ray(**local_kwargs) -> None:
     # The Train controller registers each epoch's report at its next health check (every 2 s
     # by default); on a local Ray that poll, not training, dominated short epochs.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    ray.init(logging_level=logging.WARNING, **local_kwargs)
+    ray.init(address="local", logging_level=logging.WARNING, **local_kwargs)
 
 
 def check_relative_paths(options: dict[str, str | None]) -> None:
