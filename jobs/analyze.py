@@ -30,11 +30,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     mi.add_argument("--run", required=True, help="run id")
     mi.add_argument("--method", choices=METHODS, default="fast", help="fast (exact, Ray tasks) or sklearn")
     mi.add_argument("--shards", type=int, default=1, help="Ray tasks extracting features")
-    adv = commands.add_parser("adversarial", help="adversarial-sample detection from per-layer features (Table 3)",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    adv.add_argument("--results", default="results", help="results root holding the runs")
-    adv.add_argument("--runs", nargs="+", required=True, help="run ids, typically a CSG and a STD run")
-    adv.add_argument("--attacks", nargs="+", choices=WHITE_BOX, default=list(WHITE_BOX), help="white-box attacks")
+    adv = _comparison(commands, "adversarial", "adversarial-sample detection from per-layer features (Table 3)",
+                      WHITE_BOX)
     adv.add_argument("--eps", type=float, default=ATTACK_DEFAULTS["fgsm"]["eps"], help="FGSM and PGD L-inf budget")
     adv.add_argument("--pgd-steps", type=int, default=ATTACK_DEFAULTS["pgd"]["steps"], help="PGD iterations")
     adv.add_argument("--pgd-alpha", type=float, default=ATTACK_DEFAULTS["pgd"]["alpha"], help="PGD step size")
@@ -48,11 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     adv.add_argument("--split", choices=("train", "test"), default="train", help="split the images come from")
     adv.add_argument("--seed", type=int, default=0, help="seed of the image draws, targets and forests")
     adv.add_argument("--batch-size", type=int, default=256, help="images per attack batch")
-    box = commands.add_parser("blackbox", help="one-pixel and local-search black-box attacks (Table 4)",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    box.add_argument("--results", default="results", help="results root holding the runs")
-    box.add_argument("--runs", nargs="+", required=True, help="run ids, typically a CSG and a STD run")
-    box.add_argument("--attacks", nargs="+", choices=BLACK_BOX, default=list(BLACK_BOX), help="black-box attacks")
+    box = _comparison(commands, "blackbox", "one-pixel and local-search black-box attacks (Table 4)", BLACK_BOX)
     box.add_argument("--images", type=int, default=100, help="test images attacked (a fixed sample, every run)")
     box.add_argument("--pixels", type=int, default=1, help="one-pixel: pixels changed")
     box.add_argument("--de-steps", type=int, default=10, help="one-pixel: differential-evolution iterations")
@@ -61,6 +54,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         box.add_argument(f"--ls-{name.replace('_', '-')}", type=type(default), default=default,
                          help=f"local search: {LOCAL_SEARCH_HELP[name]}")
     box.add_argument("--seed", type=int, default=0, help="seed of the image sample and the attacks")
+    return parser
+
+
+def _comparison(commands, name: str, help_text: str, attacks) -> argparse.ArgumentParser:
+    """A subcommand that attacks several runs and compares them."""
+    parser = commands.add_parser(name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--results", default="results", help="results root holding the runs")
+    parser.add_argument("--runs", nargs="+", required=True, help="run ids, typically a CSG and a STD run")
+    parser.add_argument("--attacks", nargs="+", choices=attacks, default=list(attacks), help="attacks to run")
     return parser
 
 
