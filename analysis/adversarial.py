@@ -18,9 +18,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
-from csg.data import split_labels
+from csg.data import split_labels, stacked
+from csg.engine import gap_features
 
 WHITE_BOX = ("fgsm", "pgd", "cw")
 ATTACK_DEFAULTS = {  # Appendix I
@@ -94,20 +95,20 @@ def attack_pool(checkpoint: str, split: str, pool: np.ndarray, name: str, option
                 batch_size: int = 256) -> dict:
     """Attack the pool images of a run's checkpoint: clean and adversarial all-layer features,
     labels, whether each attack reached its target, and whether it changed the prediction."""
-    from analysis.mutual_info import checkpoint_split, gap_features
+    from analysis.mutual_info import checkpoint_split
     from csg.checkpoint import restore_model
 
-    model, cfg, info = restore_model(checkpoint)
+    model, _, info = restore_model(checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device)
-    dataset = checkpoint_split(checkpoint, split)
-    pairs = [dataset[int(i)] for i in pool]
-    images = torch.stack([image for image, _ in pairs])
-    labels = torch.as_tensor([int(label) for _, label in pairs])
+    images, labels = stacked(checkpoint_split(checkpoint, split), pool)
     targets = random_targets(labels, info.num_classes, torch.Generator().manual_seed(seed))
     adversarial = attacked(model, images.to(device), targets.to(device), name, options, batch_size).cpu()
-    clean = gap_features(model, TensorDataset(images, labels), batch_size, device, all_layers=True)
-    attacked_out = gap_features(model, TensorDataset(adversarial, labels), batch_size, device, all_layers=True)
+
+    def features(batch):
+        return gap_features(model, DataLoader(TensorDataset(batch, labels), batch_size), device, all_layers=True)
+
+    clean, attacked_out = features(images), features(adversarial)
     return {
         "clean": clean["all_layers"], "adversarial": attacked_out["all_layers"], "labels": labels.numpy(),
         "success": attacked_out["predictions"] == targets.numpy(),

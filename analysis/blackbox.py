@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from csg.data import stacked
+
 BLACK_BOX = ("onepixel", "localsearch")
 LOCAL_SEARCH_DEFAULTS = {"rounds": 150, "per_round": 5, "radius": 5, "p": 10.0, "r": 1.2,
                          "initial_fraction": 0.1, "max_pixels": 50}
@@ -35,7 +37,7 @@ def local_search(model, image: torch.Tensor, label: int, rng: np.random.Generato
     centred = image * 2 - 1
     changed = np.zeros((height, width), dtype=bool)
     count = max(1, int(initial_fraction * height * width))
-    candidates = [tuple(p) for p in np.argwhere(np.ones((height, width)))[rng.choice(height * width, count, replace=False)]]
+    candidates = [divmod(int(i), width) for i in rng.choice(height * width, count, replace=False)]
     for _ in range(rounds):
         if changed.sum() >= max_pixels or not candidates:
             break
@@ -62,33 +64,27 @@ def _cyclic(values: torch.Tensor) -> torch.Tensor:
 
 
 def attack_sample(checkpoint: str, name: str, indices: np.ndarray, options: dict, seed: int) -> dict:
-    """Attack the listed test images of a run's checkpoint; clean correctness, changed predictions
-    and (local search) pixels changed per image."""
+    """Attack the listed test images of a run's checkpoint: which were classified right, and
+    which predictions the attack changed."""
     from analysis.mutual_info import checkpoint_split
     from csg.checkpoint import restore_model
 
     model, _, _ = restore_model(checkpoint)
-    dataset = checkpoint_split(checkpoint, "test")
-    pairs = [dataset[int(i)] for i in indices]
-    images = torch.stack([image for image, _ in pairs])
-    labels = torch.as_tensor([int(label) for _, label in pairs])
+    images, labels = stacked(checkpoint_split(checkpoint, "test"), indices)
     clean = probabilities(model, images).argmax(1)
-    pixels = np.zeros(len(images), dtype=int)
     if name == "onepixel":
         import torchattacks
 
         torch.manual_seed(seed)
         np.random.seed(seed)  # scipy's differential evolution inside draws from numpy's global state
         adversarial = torchattacks.OnePixel(model, **options)(images, labels)
-        pixels[:] = (adversarial != images).any(dim=1).flatten(1).sum(1).numpy()
     else:
         rng = np.random.default_rng(seed)
         settings = {**LOCAL_SEARCH_DEFAULTS, **options}
-        results = [local_search(model, image.clone(), int(label), rng, **settings) for image, label in zip(images, labels)]
-        adversarial = torch.stack([image for image, _ in results])
-        pixels[:] = [count for _, count in results]
+        adversarial = torch.stack([local_search(model, image.clone(), int(label), rng, **settings)[0]
+                                   for image, label in zip(images, labels)])
     attacked = probabilities(model, adversarial).argmax(1)
-    return {"correct": (clean == labels).numpy(), "changed": (attacked != clean).numpy(), "pixels": pixels}
+    return {"correct": (clean == labels).numpy(), "changed": (attacked != clean).numpy()}
 
 
 def blackbox_row(outcome: dict) -> dict:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 
 from csg import data as data_lib
 from csg.checkpoint import restore_model
+from csg.engine import gap_features
 from csg.mutual_info import METHODS, jittered, mi_block, mi_matrix, mis
 
 __all__ = ["METHODS", "mi_matrix", "mis", "mi_matrix_ray", "extract_features", "gap_features"]
@@ -64,45 +65,6 @@ def _mi_task(noisy, labels, block, n_neighbors):
     return mi_block(noisy[:, f0:f1], labels, range(c0, c1), n_neighbors)
 
 
-class _ConvOutputs:
-    """Forward hooks that keep the GAP of every conv layer's output; released on exit."""
-
-    def __init__(self, model):
-        self.pooled = []
-        self.handles = [m.register_forward_hook(self._keep) for m in model.modules()
-                        if isinstance(m, torch.nn.Conv2d)]
-
-    def _keep(self, module, inputs, output):
-        self.pooled.append(output.mean(dim=(2, 3)))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
-
-
-@torch.no_grad()
-def gap_features(model, dataset, batch_size=256, device="cpu", all_layers=False) -> dict:
-    """STD path, eval mode: {'features': (N, K) last-conv GAP, 'labels', 'predictions'} and,
-    with `all_layers`, 'all_layers': (N, sum of channels) GAP after every conv layer."""
-    model = model.to(device).eval()
-    out = {"features": [], "labels": [], "predictions": [], "all_layers": []}
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=data_lib.collate_skipping_bad)
-    for images, labels in loader:
-        with _ConvOutputs(model) as convs:
-            activation = model.features(images.to(device))
-        out["features"].append(activation.mean(dim=(2, 3)).cpu())
-        out["predictions"].append(model.classify(activation).argmax(1).cpu())
-        out["labels"].append(labels)
-        if all_layers:
-            out["all_layers"].append(torch.cat(convs.pooled, dim=1).cpu())
-    if not all_layers:
-        out.pop("all_layers")
-    return {name: torch.cat(parts).numpy() for name, parts in out.items()}
-
-
 def extract_features(checkpoint, split="test", all_layers=False, shards=1, batch_size=256) -> dict:
     """Run a checkpoint's model over its data set; with `shards` > 1, as that many Ray tasks
     over disjoint contiguous slices, concatenated in order."""
@@ -129,4 +91,5 @@ def _extract_shard(checkpoint, split, all_layers, bounds, batch_size):
     if bounds is not None:
         dataset = Subset(dataset, range(*bounds))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return gap_features(model, dataset, batch_size, device, all_layers)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=data_lib.collate_skipping_bad)
+    return gap_features(model.to(device), loader, device, all_layers)

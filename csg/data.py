@@ -128,6 +128,12 @@ def split_labels(dataset: Dataset) -> np.ndarray:
     return np.asarray(dataset.targets)
 
 
+def stacked(dataset: Dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    """The listed items of a data set as one (images, labels) batch."""
+    pairs = [dataset[int(i)] for i in indices]
+    return torch.stack([image for image, _ in pairs]), torch.as_tensor([int(label) for _, label in pairs])
+
+
 def cifar_present(name: str, root: str | None) -> bool:
     try:
         _cifar_dir(name, root or DEFAULT_DATA_ROOT)

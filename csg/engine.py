@@ -186,14 +186,38 @@ def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[int, int]:
     return correct, total
 
 
+class _ConvOutputs:
+    """Forward hooks that keep the GAP of every conv layer's output; released on exit."""
+
+    def __init__(self, model):
+        self.pooled = []
+        self.handles = [m.register_forward_hook(self._keep) for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+    def _keep(self, module, inputs, output):
+        self.pooled.append(output.mean(dim=(2, 3)))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
 @torch.no_grad()
-def gap_features(model: nn.Module, loader, device: torch.device):
-    """Global-average-pooled last-conv activations (N, K), labels and STD predictions."""
+def gap_features(model: nn.Module, loader, device, all_layers: bool = False) -> dict:
+    """STD path, eval mode: {'features': (N, K) last-conv GAP, 'labels', 'predictions'} and,
+    with `all_layers`, 'all_layers': (N, sum of channels) GAP after every conv layer."""
     model.eval()
-    feats, labels, preds = [], [], []
-    for images, y in loader:
-        activation = model.features(images.to(device))
-        feats.append(activation.mean(dim=(2, 3)).cpu())
-        preds.append(model.classify(activation).argmax(1).cpu())
-        labels.append(y)
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy(), torch.cat(preds).numpy()
+    out = {"features": [], "labels": [], "predictions": [], "all_layers": []}
+    for images, labels in loader:
+        with _ConvOutputs(model) as convs:
+            activation = model.features(images.to(device))
+        out["features"].append(activation.mean(dim=(2, 3)).cpu())
+        out["predictions"].append(model.classify(activation).argmax(1).cpu())
+        out["labels"].append(labels)
+        if all_layers:
+            out["all_layers"].append(torch.cat(convs.pooled, dim=1).cpu())
+    if not all_layers:
+        out.pop("all_layers")
+    return {name: torch.cat(parts).numpy() for name, parts in out.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from csg import run_record
-from csg.cluster import StorageError, check_relative_paths, check_visible_from_every_node, init_ray
+from csg.cluster import check_relative_paths, check_visible_from_every_node, init_ray
 from csg.config import ConfigError, TrainConfig, resolved_g_density, with_absolute_paths
 from csg.data import DatasetInfo
 from csg.gate import l1_interval

@@ -23,7 +23,6 @@ from csg import data as data_lib
 from csg import engine, run_record
 from csg.config import TrainConfig, resolved_g_density
 from csg.gate import ClassSpecificGate, FixedGate, g_from_density, l1_density
-from csg.mutual_info import mi_matrix
 from csg.models import build_model
 from csg.results import ResultStore
 
@@ -120,12 +119,10 @@ def _finish(cfg, run_id, model, gate, test_set, info, device, store, history, g)
     """Rank 0, after the last epoch: MI matrix on the whole test set, gate and MI tables."""
     loader = DataLoader(test_set, batch_size=max(cfg.batch_size, 256), num_workers=cfg.loader_workers,
                         collate_fn=data_lib.collate_skipping_bad)
-    features, labels, _ = engine.gap_features(model, loader, device)
-    matrix = mi_matrix(features, labels, info.num_classes, cfg.mi_neighbors, random_state=cfg.seed)  # fast, exact
-    run_record.write_mi(store, run_id, matrix)
-    if gate is not None:
-        run_record.write_gates(store, run_id, gate.matrix.detach().cpu().numpy())
-    return run_record.result_summary(history, matrix, model.num_filters, g if gate is not None else math.nan)
+    features = engine.gap_features(model, loader, device)
+    matrix = gate.matrix.detach().cpu().numpy() if gate is not None else None
+    return run_record.write_final(store, run_id, cfg, features, info.num_classes, matrix, history,
+                                  g if gate is not None else math.nan)
 
 
 def _progress(line: str) -> None:

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from csg.config import TrainConfig
-from csg.mutual_info import mis
+from csg.mutual_info import mi_matrix, mis
 from csg.results import RUN_SUMMARY_SCHEMA, ResultStore, schema_of_dataclass
 
 # run_id is the partition key, restored by the reader from the directory name.
@@ -50,11 +50,17 @@ def _long_form(per_class: np.ndarray, value: str) -> pd.DataFrame:
     )
 
 
-def result_summary(history: list[dict], matrix: np.ndarray, num_filters: int, g: float) -> dict:
-    """The `runs` summary fields a run's epoch history and MI matrix determine."""
+def write_final(store: ResultStore, run_id: str, cfg: TrainConfig, features: dict, num_classes: int,
+                gate: np.ndarray | None, history: list[dict], g: float) -> dict:
+    """The end of a run: its MI matrix (fast, exact) from the test-set GAP features, the `mi`
+    and `gates` tables, and the `runs` summary fields they and the epoch history determine."""
+    matrix = mi_matrix(features["features"], features["labels"], num_classes, cfg.mi_neighbors, cfg.seed)
+    write_mi(store, run_id, matrix)
+    if gate is not None:
+        write_gates(store, run_id, gate)
     best = max(history, key=lambda r: r["test_acc"])
     return {
-        "num_filters": num_filters,
+        "num_filters": matrix.shape[0],
         "epochs_completed": len(history),
         "final_acc": history[-1]["test_acc"],
         "best_acc": best["test_acc"],

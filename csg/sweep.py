@@ -24,10 +24,9 @@ import pandas as pd
 
 from csg import run_record
 from csg.cluster import check_relative_paths, check_visible_from_every_node, init_ray
-from csg.config import ConfigError, TrainConfig, validate, with_absolute_paths
+from csg.config import ConfigError, TrainConfig, resolved_g_density, validate, with_absolute_paths
 from csg.data import DatasetInfo, describe
-from csg.gate import l1_interval
-from csg.results import ResultStore, filesystem_of
+from csg.results import SCHEMAS, ResultStore, filesystem_of
 
 # Options a sweep sets per trial or for the whole sweep, so jobs do not take them as flags.
 SEARCHED = ("period", "csg_epochs", "lambda1", "lambda2", "g_density", "psi")
@@ -134,10 +133,12 @@ def add_sweep_arguments(parser: argparse.ArgumentParser):
     return group
 
 
-def value_range(values) -> tuple[float, float]:
-    """One value (fixed) or LOW HIGH, from a command-line list."""
+def value_range(args: dict, name: str) -> tuple[float, float]:
+    """Option `name`: one value (fixed) or LOW HIGH, from a command-line list."""
+    values = args[name]
     if len(values) not in (1, 2):
-        raise ConfigError(f"expected one value or LOW HIGH (got {' '.join(map(str, values))})")
+        raise ConfigError(f"--{name.replace('_', '-')}: expected one value or LOW HIGH "
+                          f"(got {' '.join(map(str, values))})")
     return (values[0], values[-1])
 
 
@@ -145,8 +146,8 @@ def search_space(args: dict, num_classes: int) -> dict:
     """The Tune param space of a hyper-parameter sweep, from its parsed options."""
     space = SearchSpace(
         period=tuple(args["period"]), csg_epochs=tuple(args["csg_epochs"]), psi=tuple(args["psi"]),
-        lambda1=value_range(args["lambda1"]), lambda2=value_range(args["lambda2"]),
-        g_density=value_range(args["g_density"]) if args["g_density"] else None,
+        lambda1=value_range(args, "lambda1"), lambda2=value_range(args, "lambda2"),
+        g_density=value_range(args, "g_density") if args["g_density"] else None,
     )
     space.check(num_classes)
     return space.param_space(num_classes, args["search"], args["grid_points"])
@@ -257,15 +258,10 @@ def run_sweep(base: TrainConfig, param_space: dict, options: SweepOptions) -> pd
     statuses = {trial.trial_id: trial.status for trial in tune.ExperimentAnalysis(path).trials}
     store = ResultStore(base.results)
     rows = [_trial_row(store, base, options.sweep_id, result, statuses) for result in grid]
-    frame = pd.DataFrame(rows, columns=["run_id", *_TUNE_COLUMNS])
+    frame = pd.DataFrame(rows, columns=["run_id", *SCHEMAS["tune"].names])
     for row in frame.to_dict("records"):
         store.write("tune", row["run_id"], pd.DataFrame([row]))
     return frame
-
-
-_TUNE_COLUMNS = ("sweep_id", "trial_id", "period", "csg_epochs", "lambda1", "lambda2", "g_density", "psi",
-                 "seed", "final_acc", "best_acc", "mis", "l1_density", "inside_interval", "best_epoch",
-                 "epochs_completed", "stop_reason")
 
 
 def _fitting_trials(base: TrainConfig) -> int:
@@ -327,26 +323,20 @@ def finish_stopped_run(store: ResultStore, cfg: TrainConfig, run_id: str) -> dic
     from analysis.mutual_info import extract_features
     from csg import checkpoint as ckpt_lib
     from csg.gate import g_from_density
-    from csg.mutual_info import mi_matrix
 
     folder = ckpt_lib.latest_checkpoint(cfg.storage_path, run_id)
     state = ckpt_lib.read(folder)
     row = store.read("runs", run_id).iloc[0].to_dict()
     num_classes = int(row["num_classes"])
-    features = extract_features(folder)
-    matrix = mi_matrix(features["features"], features["labels"], num_classes, cfg.mi_neighbors, cfg.seed)
-    run_record.write_mi(store, run_id, matrix)
     gate = next(iter(state["gate"].values())).numpy() if state["gate"] else None
-    if gate is not None:
-        run_record.write_gates(store, run_id, gate)
-    density = cfg.g_density if cfg.g_density is not None else 1 / num_classes
-    g = g_from_density(density, num_classes, matrix.shape[0]) if gate is not None else math.nan
-    low, high = l1_interval(num_classes, density)
+    features = extract_features(folder)
+    g = math.nan if gate is None else g_from_density(
+        resolved_g_density(cfg, num_classes), num_classes, features["features"].shape[1])
     summary = {
-        **{k: row[k] for k in ("num_classes", "started_at")},
-        **run_record.result_summary(state["history"], matrix, matrix.shape[0], g),
+        # what the run recorded when it started: class count, start time, L1 interval
+        **{k: row[k] for k in ("num_classes", "started_at", "l1_interval_low", "l1_interval_high")},
+        **run_record.write_final(store, run_id, cfg, features, num_classes, gate, state["history"], g),
         "status": "finished" if len(state["history"]) == cfg.epochs else "stopped", "checkpoint": str(folder),
-        "l1_interval_low": low if gate is not None else None, "l1_interval_high": high if gate is not None else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     run_record.write_run(store, run_id, cfg, summary)

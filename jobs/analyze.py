@@ -89,13 +89,23 @@ def checkpoint_of(parser, store: ResultStore, run_id: str, option: str) -> tuple
     return row["checkpoint"], row
 
 
+def runs_to_compare(parser, store: ResultStore, run_ids) -> dict[str, tuple[str, pd.Series]]:
+    """Run id -> (checkpoint, `runs` row) for runs attacked on one set of images: same data."""
+    found = {run: checkpoint_of(parser, store, run, "--runs") for run in run_ids}
+    if len({(row["dataset"], row["data"]) for _, row in found.values()}) > 1:
+        parser.error("--runs: the runs were trained on different data; they are compared on the same images")
+    return found
+
+
+def column_names(found: dict) -> dict[str, str]:
+    return {run: f"{row['method'].upper()} {run}" for run, (_, row) in found.items()}
+
+
 def adversarial_main(parser, args) -> pd.DataFrame:
     from analysis.adversarial import run_detection, table3
 
     store = ResultStore(args.results)
-    found = {run: checkpoint_of(parser, store, run, "--runs") for run in args.runs}
-    if len({(row["dataset"], row["data"]) for _, row in found.values()}) > 1:
-        parser.error("--runs: the runs were trained on different data; the detector compares them on one image pool")
+    found = runs_to_compare(parser, store, args.runs)
     if min(args.train_per_class) < 1 or args.test_per_class < 1 or args.repeats < 1:
         parser.error("--train-per-class, --test-per-class and --repeats must be >= 1")
     options = {"fgsm": {"eps": args.eps}, "pgd": {"eps": args.eps, "alpha": args.pgd_alpha, "steps": args.pgd_steps},
@@ -109,9 +119,8 @@ def adversarial_main(parser, args) -> pd.DataFrame:
         parser.error(f"--train-per-class/--test-per-class: {exc}")
     for run, rows in frame.groupby("run_id", sort=False):
         store.write("adversarial", run, rows)
-    names = {run: f"{row['method'].upper()} {run}" for run, (_, row) in found.items()}
     print("\nmean detector error rate (%), as Table 3; attack success rate in the adversarial table")
-    print(table3(frame, names).to_string(float_format="{:.2f}".format))
+    print(table3(frame, column_names(found)).to_string(float_format="{:.2f}".format))
     return frame
 
 
@@ -122,9 +131,7 @@ def blackbox_main(parser, args) -> pd.DataFrame:
     from analysis.mutual_info import checkpoint_split
 
     store = ResultStore(args.results)
-    found = {run: checkpoint_of(parser, store, run, "--runs") for run in args.runs}
-    if len({(row["dataset"], row["data"]) for _, row in found.values()}) > 1:
-        parser.error("--runs: the runs were trained on different data; the attacks compare them on one image sample")
+    found = runs_to_compare(parser, store, args.runs)
     size = len(checkpoint_split(next(iter(found.values()))[0], "test"))
     if not 1 <= args.images <= size:
         parser.error(f"--images: must be between 1 and the test set's {size} (got {args.images})")
@@ -146,10 +153,9 @@ def blackbox_main(parser, args) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     for run, run_rows in frame.groupby("run_id", sort=False):
         store.write("blackbox", run, run_rows)
-    names = {run: f"{row['method'].upper()} {run}" for run, (_, row) in found.items()}
     table = frame.pivot_table(index="attack", columns="run_id", values="success_rate", observed=True) * 100
     print("\nattack success rate (%) on correctly classified images, as Table 4")
-    print(table.rename(columns=names).to_string(float_format="{:.2f}".format))
+    print(table.rename(columns=column_names(found)).to_string(float_format="{:.2f}".format))
     return frame
 
 
