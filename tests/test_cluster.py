@@ -50,8 +50,18 @@ def local_head():
 
 
 def _head_processes(temp_dir: str) -> list[psutil.Process]:
-    roots = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
-    return roots + [c for p in roots for c in p.children(recursive=True)]
+    """Live processes of the head; a zombie has exited already (its parent has yet to reap it)."""
+    roots = [p for p in psutil.process_iter(["cmdline", "status"])
+             if temp_dir in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]
+    children = [c for p in roots for c in p.children(recursive=True)]
+    return roots + [c for c in children if _alive(c)]
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.mark.separate_ray
