@@ -71,13 +71,14 @@ def latest_checkpoint(storage: str, run_name: str) -> Path:
     return max(local, key=lambda folder: read(folder)["epoch"])
 
 
-def restore_model(folder: Path):
-    """(model in eval mode, its TrainConfig, its DatasetInfo) from a checkpoint directory."""
+def restore_model(folder: Path, state: dict | None = None):
+    """(model in eval mode, its TrainConfig, its DatasetInfo) from a checkpoint directory
+    (or from its `state`, already read)."""
     from csg.config import TrainConfig
     from csg.data import describe
     from csg.models import build_model
 
-    state = read(folder)
+    state = read(folder) if state is None else state
     cfg = TrainConfig(**state["config"])
     info = describe(cfg.dataset, cfg.data)
     model = build_model(cfg.model, info.num_classes, info.in_channels, info.mean, info.std)

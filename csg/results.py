@@ -89,6 +89,46 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("tau", pa.float64()),
         ]
     ),
+    "masking": pa.schema(
+        [
+            ("mask_set", pa.string()),
+            ("rule", pa.string()),
+            ("n_masked", pa.int64()),
+            ("true_class", pa.int64()),
+            ("predicted_class", pa.int64()),
+            ("count", pa.int64()),
+            ("before_count", pa.int64()),
+        ]
+    ),
+    "similarity": pa.schema(
+        [
+            ("subset", pa.string()),
+            ("true_class", pa.int64()),
+            ("gate_class", pa.int64()),
+            ("cosine", pa.float64()),
+            ("n_samples", pa.int64()),
+        ]
+    ),
+    "correlation": pa.schema([("threshold", pa.float64()), ("ratio", pa.float64())]),
+    "correlation_summary": pa.schema(
+        [("m1", pa.int64()), ("c_ic", pa.float64()), ("r_0.1", pa.float64()), ("ordering", pa.string())]
+    ),
+    "filter_groups": pa.schema(
+        [("filter", pa.int64()), ("group", pa.int64()), ("position", pa.int64()), ("ordering", pa.string())]
+    ),
+    "correlation_matrix": pa.schema(
+        [("filter_a", pa.int64()), ("filter_b", pa.int64()), ("cosine", pa.float64())]
+    ),
+    "kmeans_centers": pa.schema(
+        [
+            ("cluster", pa.int64()),
+            ("matched_class", pa.int64()),
+            ("filter", pa.int64()),
+            ("position", pa.int64()),
+            ("value", pa.float64()),
+        ]
+    ),
+    "kmeans_summary": pa.schema([("purity", pa.float64()), ("adjusted_rand", pa.float64())]),
 }
 
 RUN_SUMMARY_SCHEMA = pa.schema(

@@ -4,16 +4,26 @@
     python jobs/analyze.py mi --results results --run RUN_ID --method sklearn # the reference loop
     python jobs/analyze.py adversarial --results results --runs CSG_RUN STD_RUN   # Table 3
     python jobs/analyze.py blackbox --results results --runs CSG_RUN STD_RUN      # Table 4
+    python jobs/analyze.py masking --results results --runs CSG_RUN STD_RUN --mask-sets 0 0,5  # Fig. 5
+    python jobs/analyze.py similarity --results results --runs CSG_RUN            # Fig. 6
+    python jobs/analyze.py correlation --results results --runs CSG_RUN STD_RUN   # Figs. 7, 8
+    python jobs/analyze.py kmeans --results results --runs CSG_RUN STD_RUN        # Fig. 11
+    python jobs/analyze.py report --results results --runs CSG_RUN STD_RUN        # one HTML page
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import pandas as pd
 
 from analysis.adversarial import ATTACK_DEFAULTS, WHITE_BOX
 from analysis.blackbox import BLACK_BOX, LOCAL_SEARCH_DEFAULTS
+from analysis.catalog import STUDIES, check, run_studies
+from analysis.kmeans import DEFAULT_N_INIT
+from analysis.masking import DEFAULT_FRACTION, DEFAULT_TAU, RULES
+from analysis.studies import Run, StudyError, resolve_runs
 from csg.cli import OneLineParser
 from csg.cluster import init_ray
 from csg.mutual_info import METHODS
@@ -54,6 +64,25 @@ def get_args_parser() -> argparse.ArgumentParser:
         box.add_argument(f"--ls-{name.replace('_', '-')}", type=type(default), default=default,
                          help=f"local search: {LOCAL_SEARCH_HELP[name]}")
     box.add_argument("--seed", type=int, default=0, help="seed of the image sample and the attacks")
+    mask = _study(commands, "masking", STUDIES["masking"].title)
+    mask.add_argument("--mask-sets", nargs="+", default=["0", "0,5"], help="class sets masked together, e.g. 0 0,5")
+    mask.add_argument("--rule", choices=RULES, help="filters related to a class (default: gate for CSG, "
+                                                    "activation for STD runs)")
+    mask.add_argument("--tau", type=float, default=DEFAULT_TAU, help="gate rule: G[c, k] > tau")
+    mask.add_argument("--fraction", type=float, default=DEFAULT_FRACTION, help="activation rule: share of filters")
+    mask.add_argument("--seed", type=int, default=0, help="random rule: seed of the draw")
+    similar = _study(commands, "similarity", STUDIES["similarity"].title)
+    similar.add_argument("--order", type=int, nargs="+", help="class order of the figure (every class once)")
+    corr = _study(commands, "correlation", STUDIES["correlation"].title)
+    corr.add_argument("--m1", type=int, help="size of the groups A_c (default: gate_stats m1, else round(K/C))")
+    km = _study(commands, "kmeans", STUDIES["kmeans"].title)
+    km.add_argument("--n-init", type=int, default=DEFAULT_N_INIT, help="k-means restarts")
+    km.add_argument("--seed", type=int, default=0, help="k-means seed")
+    report = commands.add_parser("report", help="one self-contained HTML page of every result of some runs",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    report.add_argument("--results", default="results", help="results root holding the runs")
+    report.add_argument("--runs", nargs="+", required=True, help="run ids, typically a CSG and a STD run")
+    report.add_argument("--out", help="HTML file (default: <results>/report_<runs>.html)")
     return parser
 
 
@@ -73,28 +102,62 @@ LOCAL_SEARCH_HELP = {
 }
 
 
+def _study(commands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A class-specificity study: the runs, their checkpoint and the split it reads."""
+    parser = commands.add_parser(name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--results", default="results", help="results root holding the runs")
+    parser.add_argument("--runs", nargs="+", required=True, help="run ids (CSG and STD runs of one data set)")
+    parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest", help="checkpoint of each run")
+    parser.add_argument("--split", choices=("train", "test"), default="test", help="split the features come from")
+    return parser
+
+
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    return {"mi": mi_main, "adversarial": adversarial_main, "blackbox": blackbox_main}[args.command](parser, args)
+    if args.command in STUDIES:
+        return study_main(parser, args)
+    return {"mi": mi_main, "adversarial": adversarial_main, "blackbox": blackbox_main,
+            "report": report_main}[args.command](parser, args)
 
 
-def checkpoint_of(parser, store: ResultStore, run_id: str, option: str) -> tuple[str, pd.Series]:
-    """A finished run's latest checkpoint and `runs` row; a missing run or checkpoint exits 2."""
-    if not store.exists("runs", run_id):
-        parser.error(f"{option}: no run {run_id!r} under {store.root}/runs")
-    row = store.read("runs", run_id).iloc[0]
-    if not isinstance(row["checkpoint"], str):
-        parser.error(f"{option}: run {run_id} has no checkpoint (status {row['status']})")
-    return row["checkpoint"], row
+def resolved(parser, store: ResultStore, run_ids, which="latest", option="--runs") -> list[Run]:
+    try:
+        return resolve_runs(store, run_ids, which, option)
+    except StudyError as exc:
+        parser.error(str(exc))
+
+
+def study_main(parser, args) -> dict:
+    """Validate, then run one study (a Ray task per run to read its arrays, then the study's
+    tasks); bad input exits 2 before anything is written."""
+    store = ResultStore(args.results)
+    runs = resolved(parser, store, args.runs, args.checkpoint)
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "results", "runs", "checkpoint", "split")}
+    try:
+        options = check(args.command, runs, store, given)
+        init_ray()
+        return run_studies(store, runs, {args.command: options}, args.split, Path(args.results) / "figures",
+                           {"similarity": {"order": given.get("order")}})[args.command]
+    except StudyError as exc:
+        parser.error(str(exc))
+
+
+def report_main(parser, args) -> Path:
+    from analysis.report import write_report
+
+    store = ResultStore(args.results)
+    runs = resolved(parser, store, args.runs)
+    out = Path(args.out or Path(args.results) / f"report_{'_'.join(args.runs)}.html")
+    write_report(store, runs, out, args.results)
+    print(f"report: {out}")
+    return out
 
 
 def runs_to_compare(parser, store: ResultStore, run_ids) -> dict[str, tuple[str, pd.Series]]:
     """Run id -> (checkpoint, `runs` row) for runs attacked on one set of images: same data."""
-    found = {run: checkpoint_of(parser, store, run, "--runs") for run in run_ids}
-    if len({(row["dataset"], row["data"]) for _, row in found.values()}) > 1:
-        parser.error("--runs: the runs were trained on different data; they are compared on the same images")
-    return found
+    return {run.run_id: (run.checkpoint, store.read("runs", run.run_id).iloc[0])
+            for run in resolved(parser, store, run_ids)}
 
 
 def column_names(found: dict) -> dict[str, str]:
@@ -161,7 +224,7 @@ def blackbox_main(parser, args) -> pd.DataFrame:
 
 def mi_main(parser, args) -> float:
     store = ResultStore(args.results)
-    checkpoint, _ = checkpoint_of(parser, store, args.run, "--run")
+    checkpoint = resolved(parser, store, [args.run], option="--run")[0].checkpoint
     row = store.read("runs", args.run)
     init_ray()
     from analysis.mutual_info import extract_features, mi_matrix, mi_matrix_ray, mis

@@ -17,7 +17,7 @@ def readme_columns(table: str) -> dict[str, str]:
     """The columns and types the README's section on `table` documents."""
     text = (REPO / "README.md").read_text()
     section = text.split(f"### `{table}`", 1)[1].split("\n### ", 1)[0]
-    return dict(re.findall(r"^\| `(\w+)` \| (\w+) \|", section, flags=re.M))
+    return dict(re.findall(r"^\| `([\w.]+)` \| (\w+) \|", section, flags=re.M))
 
 
 def written_columns(results: Path, table: str) -> dict[str, str]:

@@ -1,0 +1,212 @@
+"""What the class-specificity studies share (masking, similarity, correlation, k-means): the
+runs they compare, the arrays each reads from a run's checkpoint, the Ray fan-out, the class
+grouping of filters, and one writer for their tables.
+
+Every study reads, per run, one `RunArrays`: the STD path's GAP features of one unaugmented
+split (through `engine.gap_features`), the classifier head, the last conv layer's filters and
+the gate. Loading them is one Ray task per run; the studies then fan out over those objects.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from csg.results import ResultStore
+
+
+class StudyError(ValueError):
+    """Bad input to a study: one line naming the option and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run a study reads: its id, method, class count and chosen checkpoint."""
+
+    run_id: str
+    method: str
+    num_classes: int
+    num_filters: int
+    checkpoint: str
+    dataset: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.method.upper()} {self.run_id}"
+
+
+def resolve_runs(store: ResultStore, run_ids, which: str = "latest", option: str = "--runs") -> list[Run]:
+    """The `runs` rows of `run_ids` with their `which` ('latest' or 'best') checkpoint; runs
+    that are missing, have no checkpoint, or were trained on different data are refused."""
+    column = {"latest": "checkpoint", "best": "best_checkpoint"}[which]
+    runs = []
+    for run_id in run_ids:
+        if not store.exists("runs", run_id):
+            raise StudyError(f"{option}: no run {run_id!r} under {store.root}/runs")
+        row = store.read("runs", run_id).iloc[0]
+        if not isinstance(row[column], str):
+            raise StudyError(f"{option}: run {run_id} has no {which} checkpoint (status {row['status']})")
+        runs.append(Run(run_id, row["method"], int(row["num_classes"]), int(row["num_filters"]), row[column],
+                        f"{row['dataset']} {row['data'] or ''}".strip()))
+    if len({run.dataset for run in runs}) > 1:
+        raise StudyError(f"{option}: the runs were trained on different data sets "
+                         f"({', '.join(sorted({run.dataset for run in runs}))}); a study compares them on one")
+    return runs
+
+
+@dataclass
+class RunArrays:
+    """What a study needs of one run: features (N, K), labels and STD-path predictions (N,),
+    the head fc (C, K) and (C,), the last conv filters flattened (K, D), and G (C, K) or None."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    predictions: np.ndarray
+    fc_weight: np.ndarray
+    fc_bias: np.ndarray
+    filters: np.ndarray
+    gate: np.ndarray | None
+
+    @property
+    def num_classes(self) -> int:
+        return self.fc_weight.shape[0]
+
+    @property
+    def num_filters(self) -> int:
+        return self.fc_weight.shape[1]
+
+    def logits(self, keep: np.ndarray | None = None) -> np.ndarray:
+        """The head on the features, with filters outside `keep` (a (K,) bool mask) zeroed.
+        GAP is linear, so zeroing a feature is exactly zeroing its filter's activation map."""
+        features = self.features if keep is None else self.features * keep
+        return features @ self.fc_weight.T + self.fc_bias
+
+
+def last_conv_filters(model: nn.Module) -> np.ndarray:
+    """The weights of the conv layer whose output channels are the K gated filters, (K, D)."""
+    conv = [m for m in model.stages.modules() if isinstance(m, nn.Conv2d)][-1]
+    if conv.out_channels != model.num_filters:
+        raise ValueError(f"last conv layer has {conv.out_channels} filters, the head reads {model.num_filters}")
+    return conv.weight.detach().flatten(1).cpu().numpy().astype(np.float64)
+
+
+def gate_of(state: dict) -> np.ndarray | None:
+    """The (C, K) gate saved in a checkpoint state, learned or fixed; None for an STD run."""
+    if not state.get("gate"):
+        return None
+    tensor = state["gate"].get("weight", state["gate"].get("fixed"))
+    return tensor.detach().cpu().numpy().astype(np.float64)
+
+
+def load_run_arrays(checkpoint: str, split: str = "test", batch_size: int = 256) -> RunArrays:
+    from analysis.mutual_info import extract_features
+    from csg import checkpoint as ckpt_lib
+
+    state = ckpt_lib.read(checkpoint)
+    model, _, _ = ckpt_lib.restore_model(checkpoint, state)
+    extracted = extract_features(checkpoint, split, batch_size=batch_size)
+    return RunArrays(
+        features=extracted["features"].astype(np.float64), labels=extracted["labels"],
+        predictions=extracted["predictions"],
+        fc_weight=model.fc.weight.detach().numpy().astype(np.float64),
+        fc_bias=model.fc.bias.detach().numpy().astype(np.float64),
+        filters=last_conv_filters(model), gate=gate_of(state),
+    )
+
+
+def load_arrays(runs: list[Run], split: str = "test") -> dict:
+    """Run id -> an object ref of its `RunArrays`, one Ray task per run (on a GPU when the
+    cluster has one)."""
+    import ray
+
+    gpu = 1 if ray.cluster_resources().get("GPU", 0) else 0
+    task = ray.remote(num_cpus=1, num_gpus=gpu)(load_run_arrays)
+    return {run.run_id: task.remote(run.checkpoint, split) for run in runs}
+
+
+def fan_out(name: str, calls: dict, progress=True) -> dict:
+    """Run `calls` (key -> (function, args)) as Ray tasks; key -> result, with a progress line
+    per finished task. A StudyError raised in a task is raised here as itself."""
+    import ray
+
+    refs = {ray.remote(num_cpus=1)(function).remote(*args): key for key, (function, args) in calls.items()}
+    results, pending, start = {}, list(refs), time.time()
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        key = refs[ready[0]]
+        try:
+            results[key] = ray.get(ready[0])
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, StudyError):
+                raise exc.cause from None
+            raise
+        if progress:
+            sys.stderr.write(f"\r{name}: {len(results)}/{len(refs)} tasks ({time.time() - start:.1f} s)")
+    if progress:
+        sys.stderr.write("\n")
+    return {key: results[key] for key in calls}
+
+
+def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, K) mean feature of each class; a class without samples gets NaN."""
+    sums = np.zeros((num_classes, features.shape[1]))
+    np.add.at(sums, labels, features)
+    counts = np.bincount(labels, minlength=num_classes)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def filter_groups(arrays: RunArrays) -> pd.DataFrame:
+    """Each filter's class group and display position: for a gated run the class of its largest
+    gate value, otherwise the class with its largest mean activation; within a group, the
+    strongest first. Columns: filter, group, position, ordering ('gate' or 'activation')."""
+    if arrays.gate is not None:
+        strength, ordering = arrays.gate, "gate"
+    else:
+        strength, ordering = np.nan_to_num(class_means(arrays.features, arrays.labels, arrays.num_classes),
+                                           nan=-np.inf), "activation"
+    group = strength.argmax(axis=0)
+    order = np.lexsort((np.arange(len(group)), -strength[group, np.arange(len(group))], group))
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    return pd.DataFrame({"filter": np.arange(len(group)), "group": group, "position": position,
+                         "ordering": ordering})
+
+
+def write_tables(store: ResultStore, tables: dict[str, pd.DataFrame]) -> None:
+    """One partition per run id in each table; a rerun replaces that run's rows."""
+    for table, frame in tables.items():
+        for run_id, rows in frame.groupby("run_id", sort=False, observed=True):
+            store.write(table, str(run_id), rows)
+
+
+def read_tables(store: ResultStore, tables, run_ids) -> dict[str, pd.DataFrame]:
+    """The rows of `run_ids` in each of `tables` that exist; a table with none of them is left out."""
+    found = {}
+    for table in tables:
+        parts = [store.read(table, run_id) for run_id in run_ids if store.exists(table, run_id)]
+        if parts:
+            found[table] = pd.concat(parts, ignore_index=True)
+    return found
+
+
+def labelled(frame: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """A per-run table for people: its run id replaced by the run's label, first."""
+    table = frame.copy()
+    table.insert(0, "run", table.pop("run_id").astype(str).map(labels))
+    return table
+
+
+def check_classes(option: str, classes, num_classes: int) -> None:
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise StudyError(f"{option}: class {bad[0]} is outside [0, {num_classes})")
+
+
+def seeded(*key) -> np.random.Generator:
+    return np.random.default_rng([int(k) for k in key])
+
