@@ -7,8 +7,6 @@ m2 = 4 shared) to build the fixed gate that `--fixed-gate-from` trains with.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -29,6 +27,25 @@ def gate_counts(gate: np.ndarray, tau: float = DEFAULT_TAU) -> pd.DataFrame:
         "unused": int((users == 0).sum()),
         "tau": float(tau),
     })
+
+
+def filters_owned(gate: np.ndarray, tau: float = DEFAULT_TAU) -> np.ndarray:
+    """Filters each class owns, G[c, k] > tau (the filters the gate rule of masking zeroes)."""
+    return (np.asarray(gate) > tau).sum(axis=1)
+
+
+def balance(gate: np.ndarray, tau: float = DEFAULT_TAU) -> dict:
+    """How evenly a gate shares its filters: min, median and max over classes of the filters
+    each owns, and the classes that own none."""
+    owned = filters_owned(gate, tau)
+    return {"min": int(owned.min()), "median": float(np.median(owned)), "max": int(owned.max()),
+            "classes_without": int((owned == 0).sum())}
+
+
+def balance_line(gate: np.ndarray, tau: float = DEFAULT_TAU) -> str:
+    found = balance(gate, tau)
+    return (f"filters per class (G > {tau:g}): min {found['min']}, median {found['median']:g}, max {found['max']}"
+            + (f"; {found['classes_without']} class(es) own none" if found["classes_without"] else ""))
 
 
 def gate_matrix(gates: pd.DataFrame) -> np.ndarray:
@@ -57,13 +74,11 @@ def summarize(stats: pd.DataFrame) -> tuple[pd.DataFrame, float, float]:
     return per_class, float(m2.mean()), float(m2.std())
 
 
-def plot_histogram(stats: pd.DataFrame, path) -> None:
-    """Histograms of m1 over (run, class) pairs and of m2 over runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_histogram(stats: pd.DataFrame, out) -> None:
+    """Histograms of m1 over (run, class) pairs and of m2 over runs (to a path or file object)."""
     from matplotlib.ticker import MaxNLocator
+
+    from analysis.figures import plt, save
 
     m2 = stats.groupby("run_id", observed=True)["shared"].first()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
@@ -76,6 +91,4 @@ def plot_histogram(stats: pd.DataFrame, path) -> None:
         ax.set_xlabel(label)
     axes[0].set_ylabel("count")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, out)
