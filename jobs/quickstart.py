@@ -1,6 +1,7 @@
-"""Train a STD and a CSG ResNet-20 on the embedded digits data, then compare them like Table 1.
+"""Train a STD and a CSG ResNet-20 on the embedded digits data, compare them like Table 1,
+run the four class-specificity studies on both and write one HTML report.
 
-    python jobs/quickstart.py                      # results/ + results/figures/*.png
+    python jobs/quickstart.py                      # results/, results/figures/*.png, results/report.html
     python jobs/quickstart.py --results /tmp/qs --epochs 30
 
 Needs no download and no cluster (it starts a local Ray); a few minutes on 2 CPU cores.
@@ -13,8 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.catalog import STUDIES, check, run_studies, runs_for
 from analysis.compare import table1
 from analysis.figures import as_matrix, plot_gate, plot_mi_pair
+from analysis.gate_stats import balance_line
+from analysis.report import write_report
+from analysis.studies import resolve_runs
 from csg.cli import OneLineParser, run_or_exit
 from csg.config import PRESETS, ConfigError, TrainConfig, validate
 from csg.launch import train
@@ -61,9 +66,19 @@ def main(argv=None) -> pd.DataFrame:
         figures / "quickstart_mi.png",
     )
     table = table1(runs)
-    print(f"\nquickstart finished in {time.time() - start:.0f} s; runs {run_ids['csg']} and {run_ids['std']}")
+    print(f"\ntrained in {time.time() - start:.0f} s; runs {run_ids['csg']} and {run_ids['std']}")
     print(table.to_string(index=False))
-    print(f"\ntables: {args.results}/{{runs,epochs,gates,mi}}   figures: {figures}/quickstart_{{gate,mi}}.png")
+    print(f"CSG gate, {balance_line(as_matrix(store.read('gates', run_ids['csg']), 'value'))}")
+
+    print("\nquickstart: the class-specificity studies on both runs", flush=True)
+    studied = resolve_runs(store, [run_ids["csg"], run_ids["std"]])
+    defaults = {"masking": {"mask_sets": ["0", "0,5"]}}
+    requests = {name: check(name, runs_for(name, studied), store, defaults.get(name, {})) for name in STUDIES}
+    run_studies(store, studied, requests, figures_dir=figures, skip_refused=True)
+    report = write_report(store, studied, Path(args.results) / "report.html", args.results)
+    print(f"\nquickstart finished in {time.time() - start:.0f} s")
+    print(f"tables: {args.results}/   figures: {figures}/")
+    print(f"report: {report}  (open it in a browser)")
     return table
 
 
