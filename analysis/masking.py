@@ -119,8 +119,8 @@ def mask_rows(arrays: RunArrays, run_id: str, classes: tuple[int, ...], rule: Ma
         raise StudyError(f"--mask-sets: {','.join(map(str, classes))} masks all {arrays.num_filters} filters of run "
                          f"{run_id} under rule {rule.name}; nothing would be left to classify with")
     c = arrays.num_classes
-    before = confusion(arrays.labels, arrays.logits().argmax(1), c)
-    after = confusion(arrays.labels, arrays.logits(~masked).argmax(1), c)
+    before = confusion(arrays.labels, arrays.predict(), c)
+    after = confusion(arrays.labels, arrays.predict(~masked), c)
     true, predicted = np.indices((c, c))
     return pd.DataFrame({
         "run_id": run_id, "mask_set": ",".join(map(str, classes)), "rule": rule.name,

@@ -79,11 +79,13 @@ class RunArrays:
     def num_filters(self) -> int:
         return self.fc_weight.shape[1]
 
-    def logits(self, keep: np.ndarray | None = None) -> np.ndarray:
-        """The head on the features, with filters outside `keep` (a (K,) bool mask) zeroed.
+    def predict(self, keep: np.ndarray | None = None, chunk: int = 4096) -> np.ndarray:
+        """The head's predictions on the features, with filters outside `keep` (a (K,) bool
+        mask) zeroed; in chunks, so memory stays O(chunk x C) however many images there are.
         GAP is linear, so zeroing a feature is exactly zeroing its filter's activation map."""
-        features = self.features if keep is None else self.features * keep
-        return features @ self.fc_weight.T + self.fc_bias
+        weight = self.fc_weight if keep is None else self.fc_weight * keep
+        return np.concatenate([(self.features[i:i + chunk] @ weight.T + self.fc_bias).argmax(1)
+                               for i in range(0, len(self.features), chunk)])
 
 
 def last_conv_filters(model: nn.Module) -> np.ndarray:

@@ -8,6 +8,7 @@
     python jobs/analyze.py similarity --results results --runs CSG_RUN            # Fig. 6
     python jobs/analyze.py correlation --results results --runs CSG_RUN STD_RUN   # Figs. 7, 8
     python jobs/analyze.py kmeans --results results --runs CSG_RUN STD_RUN        # Fig. 11
+    python jobs/analyze.py studies --results results --runs CSG_RUN STD_RUN       # those four at once
     python jobs/analyze.py report --results results --runs CSG_RUN STD_RUN        # one HTML page
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 
 from analysis.adversarial import ATTACK_DEFAULTS, WHITE_BOX
 from analysis.blackbox import BLACK_BOX, LOCAL_SEARCH_DEFAULTS
-from analysis.catalog import STUDIES, check, run_studies
+from analysis.catalog import STUDIES, check, run_studies, runs_for
 from analysis.kmeans import DEFAULT_N_INIT
 from analysis.masking import DEFAULT_FRACTION, DEFAULT_TAU, RULES
 from analysis.studies import Run, StudyError, resolve_runs
@@ -64,20 +65,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         box.add_argument(f"--ls-{name.replace('_', '-')}", type=type(default), default=default,
                          help=f"local search: {LOCAL_SEARCH_HELP[name]}")
     box.add_argument("--seed", type=int, default=0, help="seed of the image sample and the attacks")
-    mask = _study(commands, "masking", STUDIES["masking"].title)
-    mask.add_argument("--mask-sets", nargs="+", default=["0", "0,5"], help="class sets masked together, e.g. 0 0,5")
-    mask.add_argument("--rule", choices=RULES, help="filters related to a class (default: gate for CSG, "
-                                                    "activation for STD runs)")
-    mask.add_argument("--tau", type=float, default=DEFAULT_TAU, help="gate rule: G[c, k] > tau")
-    mask.add_argument("--fraction", type=float, default=DEFAULT_FRACTION, help="activation rule: share of filters")
-    mask.add_argument("--seed", type=int, default=0, help="random rule: seed of the draw")
-    similar = _study(commands, "similarity", STUDIES["similarity"].title)
-    similar.add_argument("--order", type=int, nargs="+", help="class order of the figure (every class once)")
-    corr = _study(commands, "correlation", STUDIES["correlation"].title)
-    corr.add_argument("--m1", type=int, help="size of the groups A_c (default: gate_stats m1, else round(K/C))")
-    km = _study(commands, "kmeans", STUDIES["kmeans"].title)
-    km.add_argument("--n-init", type=int, default=DEFAULT_N_INIT, help="k-means restarts")
-    km.add_argument("--seed", type=int, default=0, help="k-means seed")
+    for name, study in STUDIES.items():
+        STUDY_FLAGS[name](_study(commands, name, study.title))
+    every = _study(commands, "studies", "all four studies at once, each run's features read once (similarity: "
+                                        "CSG runs only)")
+    for add_flags in (masking_flags, similarity_flags, correlation_flags):
+        add_flags(every)
+    kmeans_flags(every, seed=False)  # masking's --seed serves both
     report = commands.add_parser("report", help="one self-contained HTML page of every result of some runs",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     report.add_argument("--results", default="results", help="results root holding the runs")
@@ -112,10 +106,39 @@ def _study(commands, name: str, help_text: str) -> argparse.ArgumentParser:
     return parser
 
 
+def masking_flags(parser):
+    parser.add_argument("--mask-sets", nargs="+", default=["0", "0,5"], help="class sets masked together, e.g. 0 0,5")
+    parser.add_argument("--rule", choices=RULES, help="filters related to a class (default: gate for CSG, "
+                                                      "activation for STD runs)")
+    parser.add_argument("--tau", type=float, default=DEFAULT_TAU, help="gate rule: G[c, k] > tau")
+    parser.add_argument("--fraction", type=float, default=DEFAULT_FRACTION, help="activation rule: share of filters")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+
+
+def similarity_flags(parser):
+    parser.add_argument("--order", type=int, nargs="+", help="class order of the similarity figure (every class once)")
+
+
+def correlation_flags(parser):
+    parser.add_argument("--m1", type=int, help="size of the groups A_c (default: gate_stats m1, else round(K/C))")
+
+
+def kmeans_flags(parser, seed=True):
+    parser.add_argument("--n-init", type=int, default=DEFAULT_N_INIT, help="k-means restarts")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+
+
+STUDY_FLAGS = {"masking": masking_flags, "similarity": similarity_flags, "correlation": correlation_flags,
+               "kmeans": kmeans_flags}
+STUDY_OPTIONS = {"masking": ("mask_sets", "rule", "tau", "fraction", "seed"), "similarity": ("order",),
+                 "correlation": ("m1",), "kmeans": ("n_init", "seed")}
+
+
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    if args.command in STUDIES:
+    if args.command in (*STUDIES, "studies"):
         return study_main(parser, args)
     return {"mi": mi_main, "adversarial": adversarial_main, "blackbox": blackbox_main,
             "report": report_main}[args.command](parser, args)
@@ -129,16 +152,18 @@ def resolved(parser, store: ResultStore, run_ids, which="latest", option="--runs
 
 
 def study_main(parser, args) -> dict:
-    """Validate, then run one study (a Ray task per run to read its arrays, then the study's
-    tasks); bad input exits 2 before anything is written."""
+    """Validate, then run one study or all of them (a Ray task per run reads its arrays once,
+    then each study's tasks run); bad input exits 2 before anything is written."""
     store = ResultStore(args.results)
     runs = resolved(parser, store, args.runs, args.checkpoint)
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "results", "runs", "checkpoint", "split")}
+    names = list(STUDIES) if args.command == "studies" else [args.command]
     try:
-        options = check(args.command, runs, store, given)
+        requests = {name: check(name, runs_for(name, runs) if len(names) > 1 else runs, store,
+                                {option: getattr(args, option) for option in STUDY_OPTIONS[name]})
+                    for name in names}
         init_ray()
-        return run_studies(store, runs, {args.command: options}, args.split, Path(args.results) / "figures",
-                           {"similarity": {"order": given.get("order")}})[args.command]
+        return run_studies(store, runs, requests, args.split, Path(args.results) / "figures",
+                           {"similarity": {"order": getattr(args, "order", None)}})
     except StudyError as exc:
         parser.error(str(exc))
 

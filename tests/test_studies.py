@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from analysis import correlation, kmeans, masking, similarity
+from analysis.catalog import STUDIES
 from analysis.studies import RunArrays, StudyError, filter_groups
 from csg.results import ResultStore
 from csg.run_record import RUNS_SCHEMA
@@ -178,3 +179,20 @@ def test_a_mask_set_masking_every_filter_of_a_trained_run_exits_2_and_writes_not
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "--mask-sets: 3 masks all 64 filters" in err
     assert sorted(p.relative_to(results) for p in results.rglob("*")) == before
+
+
+def test_studies_command_runs_all_four_and_writes_their_tables_and_figures(digits_run, tmp_path):
+    import shutil
+
+    results, row = digits_run
+    root = tmp_path / "copy"  # a copy: rerunning a study replaces that run's rows elsewhere
+    shutil.copytree(results / "runs", root / "runs")
+    done = job_main("analyze")(["studies", "--results", str(root), "--runs", row["run_id"], "--rule", "activation",
+                                "--mask-sets", "1", "2,3", "--order", *map(str, range(9, -1, -1)), "--n-init", "2"])
+    assert list(done) == ["masking", "similarity", "correlation", "kmeans"]
+    for study in STUDIES.values():
+        for table in study.tables:
+            assert pd.read_parquet(root / table)["run_id"].astype(str).unique().tolist() == [row["run_id"]]
+        for figure in study.figures:
+            assert (root / "figures" / f"{figure}_{row['run_id']}.png").is_file()
+    assert set(pd.read_parquet(root / "masking")["mask_set"]) == {"1", "2,3"}
