@@ -108,6 +108,10 @@ class Report:
         for run_id in gates.keys() & mi.keys():
             body += image(figures.plot_overlay, gates[run_id], mi[run_id], self.labels[run_id],
                           alt="gate and MI overlaid")
+            agree = int((gates[run_id].argmax(axis=0) == mi[run_id].argmax(axis=0)).sum())
+            body += (f"<p>{html.escape(self.labels[run_id])}: {agree} of {gates[run_id].shape[1]} filters have "
+                     f"their largest MI with the class their gate serves most (chance: about 1 in "
+                     f"{gates[run_id].shape[0]}).</p>")
         return section("fig4", "Fig. 4: gate (a), MI matrices (b1, b2), both overlaid (c)",
                        body or "<p>No gate or MI table.</p>")
 
