@@ -14,7 +14,8 @@ from csg.config import CHOICES, PRESETS, ConfigError, TrainConfig, validate, wit
 from csg.data import DatasetInfo
 
 HELP = {
-    "dataset": "data set: the embedded digits, CIFAR pickles, or an ImageFolder tree",
+    "dataset": "data set: the embedded digits (8x8) or digits-scenes (32x32, with object masks), CIFAR "
+               "pickles, or an ImageFolder tree",
     "data": "data directory (CIFAR: holds cifar-10-batches-py/; imagefolder: holds train/ and val/)",
     "num_classes": "expected class count; an error if the data disagrees",
     "image_size": "training resolution for imagefolder (eval resizes to size*256/224, then center-crops)",

@@ -104,6 +104,13 @@ PRESETS: dict[str, dict] = {
         momentum=0.9, epochs=30, warmup=0, period=3, csg_epochs=1, lambda2=0.15,
         lr_schedule="cosine",
     ),
+    # Digits on a 32 x 32 canvas with distractors and object masks (csg/scenes.py), for
+    # localization: the same recipe, fewer epochs (each costs about 16 times a digits epoch).
+    "digits-scenes-resnet20": dict(
+        dataset="digits-scenes", model="resnet20", batch_size=64, optimizer="sgd", lr=0.05,
+        momentum=0.9, epochs=15, warmup=0, period=3, csg_epochs=1, lambda2=0.3, workers=2,
+        lr_schedule="cosine",
+    ),
 }
 
 CHOICES = {

@@ -1,4 +1,4 @@
-"""Data sets: the embedded `digits`, CIFAR-10/100 pickles, and any ImageFolder tree.
+"""Data sets: the embedded `digits` and `digits-scenes`, CIFAR-10/100 pickles, and any ImageFolder tree.
 
 Every data set yields images in [0, 1] (models normalise inside) and comes with the
 mean/std its models should use. `describe` reads only what validation needs (class count,
@@ -16,7 +16,9 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
-DATASET_CHOICES = ("digits", "cifar10", "cifar100", "imagefolder")
+from csg.scenes import scenes_split
+
+DATASET_CHOICES = ("digits", "digits-scenes", "cifar10", "cifar100", "imagefolder")
 
 CIFAR_FILES = {
     "cifar10": (
@@ -55,6 +57,9 @@ def describe(name: str, root: str | None) -> DatasetInfo:
     if name == "digits":
         x_train, _, _, _ = _digits_split()
         return DatasetInfo(10, len(x_train), 1, *_digits_mean_std())
+    if name == "digits-scenes":
+        train = scenes_split()["train"]["images"]
+        return DatasetInfo(10, len(train), 1, (float(train.mean()),), (float(train.std()),))
     if name in CIFAR_FILES:
         folder, train_files, test_files, _ = CIFAR_FILES[name]
         base = _cifar_dir(name, root)
@@ -83,6 +88,9 @@ def load(
             TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
             TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test)),
         )
+    if name == "digits-scenes":
+        return tuple(TensorDataset(torch.from_numpy(part["images"]), torch.from_numpy(part["labels"]))
+                     for part in (scenes_split()["train"], scenes_split()["test"]))
     if name in CIFAR_FILES:
         train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
         return _cifar_split(name, root, True, train_tf), _cifar_split(name, root, False, None)
@@ -117,6 +125,13 @@ def evaluation_set(name: str, root: str | None, split: str = "test", image_size:
         return _cifar_split(name, root, split == "train", None)
     train, test = load(name, root)
     return train if split == "train" else test
+
+
+def evaluation_masks(name: str, split: str = "test") -> np.ndarray:
+    """The ground-truth object masks (N, H, W) of a split, in `evaluation_set` order."""
+    if name != "digits-scenes":
+        raise DataError(f"--dataset: {name} carries no object masks (digits-scenes does)")
+    return scenes_split()[split]["masks"]
 
 
 def split_labels(dataset: Dataset) -> np.ndarray:
