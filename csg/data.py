@@ -99,14 +99,17 @@ def load(
         train_tf = T.Compose(
             [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor()]
         )
-        eval_tf = T.Compose(
-            [T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor()]
-        )
+        eval_tf = T.Compose([*evaluation_crop(image_size), T.ToTensor()])
         return (
             CheckedImageFolder(str(Path(root) / "train"), train_tf, skip_bad=skip_bad_images),
             CheckedImageFolder(str(Path(root) / "val"), eval_tf, skip_bad=skip_bad_images),
         )
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_CHOICES)}")
+
+
+def evaluation_crop(image_size: int, interpolation=T.InterpolationMode.BILINEAR) -> list:
+    """ImageFolder evaluation geometry: resize the short side to size*256/224, center-crop."""
+    return [T.Resize(round(image_size * 256 / 224), interpolation=interpolation), T.CenterCrop(image_size)]
 
 
 def evaluation_set(name: str, root: str | None, split: str = "test", image_size: int = 224,
@@ -116,9 +119,7 @@ def evaluation_set(name: str, root: str | None, split: str = "test", image_size:
     if split not in ("train", "test"):
         raise DataError(f"split must be train or test (got {split!r})")
     if name == "imagefolder":
-        eval_tf = T.Compose(
-            [T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor()]
-        )
+        eval_tf = T.Compose([*evaluation_crop(image_size), T.ToTensor()])
         folder = str(Path(root) / ("train" if split == "train" else "val"))
         return CheckedImageFolder(folder, eval_tf, skip_bad=skip_bad_images)
     if name in CIFAR_FILES:
@@ -127,11 +128,17 @@ def evaluation_set(name: str, root: str | None, split: str = "test", image_size:
     return train if split == "train" else test
 
 
-def evaluation_masks(name: str, split: str = "test") -> np.ndarray:
-    """The ground-truth object masks (N, H, W) of a split, in `evaluation_set` order."""
-    if name != "digits-scenes":
-        raise DataError(f"--dataset: {name} carries no object masks (digits-scenes does)")
-    return scenes_split()[split]["masks"]
+def evaluation_masks(name: str, split: str = "test", root: str | None = None, image_size: int = 224):
+    """The ground-truth object masks of a split, indexed like its `evaluation_set`: item i is
+    image i's (H, W) bool mask. digits-scenes carries them; an ImageFolder tree may, beside
+    its images (`MaskFolder`)."""
+    if name == "digits-scenes":
+        return torch.from_numpy(scenes_split()[split]["masks"])
+    if name == "imagefolder":
+        images = evaluation_set(name, root, split, image_size)
+        return MaskFolder(images, Path(root), image_size)
+    raise DataError(f"--dataset: {name} carries no object masks (digits-scenes does, and ImageFolder trees "
+                    f"with a masks/ folder)")
 
 
 def split_labels(dataset: Dataset) -> np.ndarray:
@@ -264,6 +271,37 @@ class CheckedImageFolder(tv_datasets.ImageFolder):
             if self.skip_bad:
                 return None
             raise BadImageError(f"unreadable image {path} ({exc}); --skip-bad-images skips such files") from exc
+
+
+class MaskFolder(Dataset):
+    """The object masks beside an ImageFolder split, for localization (training ignores them):
+    `<root>/masks/<split>/<class>/<name>.png`, one binary mask per image and of its size, read
+    in the images' order and cropped as the evaluation images are (nearest, so they stay binary)."""
+
+    def __init__(self, images: CheckedImageFolder, root: Path, image_size: int):
+        self.images = images
+        folder = Path(images.root)
+        self.masks_root = Path(root) / "masks" / folder.name
+        self.paths = [self.masks_root / Path(path).relative_to(folder).with_suffix(".png")
+                      for path, _ in images.samples]
+        missing = [path for path in self.paths if not path.is_file()]
+        if missing:
+            raise DataError(f"--data: {len(missing)} of {len(self.paths)} images in {folder} have no mask under "
+                            f"{self.masks_root} (first: {missing[0].relative_to(self.masks_root)})")
+        self.transform = T.Compose(evaluation_crop(image_size, T.InterpolationMode.NEAREST))
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        from PIL import Image
+
+        path, (image_path, _) = self.paths[index], self.images.samples[index]
+        with Image.open(path) as mask, Image.open(image_path) as image:
+            if mask.size != image.size:
+                raise DataError(f"--data: mask {path} is {mask.size[0]}x{mask.size[1]}, its image {image_path} "
+                                f"is {image.size[0]}x{image.size[1]}")
+            return torch.from_numpy(np.asarray(self.transform(mask.convert("L"))) > 0)
 
 
 def collate_skipping_bad(batch):
