@@ -1,0 +1,96 @@
+"""The VOC + Pascal-Part preparation on a tiny fabricated tree in the real layout."""
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy.io import savemat
+
+from csg import data as data_lib
+from tests.helpers import job_main
+
+OBJECT = [("class", "O"), ("class_ind", "O"), ("mask", "O"), ("parts", "O")]
+
+
+def write_annotation(path, image_id, objects):
+    """A Pascal-Part .mat: struct anno with imname and a struct array of objects."""
+    array = np.zeros((1, len(objects)), dtype=OBJECT)
+    for i, (name, mask) in enumerate(objects):
+        parts = np.zeros((1, 0), dtype=[("part_name", "O"), ("mask", "O")])
+        array[0, i] = (name, i + 1, mask.astype(np.uint8), parts)
+    savemat(path, {"anno": {"imname": image_id, "objects": array}})
+
+
+def box_mask(shape, top, left, height, width):
+    mask = np.zeros(shape, bool)
+    mask[top:top + height, left:left + width] = True
+    return mask
+
+
+def fabricated_voc(root, images=12, shape=(60, 80)):
+    """`images` source images; image i holds a cat (and every third also a dog and a person),
+    every fifth a bird with an empty mask."""
+    (root / "VOC2010" / "JPEGImages").mkdir(parents=True)
+    (root / "VOC2010" / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "parts").mkdir()
+    rng = np.random.default_rng(0)
+    ids = [f"2008_{i:06d}" for i in range(images)]
+    for i, image_id in enumerate(ids):
+        Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(
+            root / "VOC2010" / "JPEGImages" / f"{image_id}.jpg")
+        objects = [("cat", box_mask(shape, 5, 60, 30, 20))]  # squared, it reaches 5 px past the right edge
+        if i % 3 == 0:
+            objects += [("dog", box_mask(shape, 20, 10, 10, 20)), ("person", box_mask(shape, 0, 0, 5, 5))]
+        if i % 5 == 0:
+            objects.append(("bird", np.zeros(shape, bool)))
+        write_annotation(root / "parts" / f"{image_id}.mat", image_id, objects)
+    (root / "VOC2010" / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def prepare(root, *extra):
+    return job_main("prepare_voc")(["--voc", str(root / "VOC2010"), "--parts", str(root / "parts"),
+                                    "--out", str(root / "out"), "--size", "32", *extra])
+
+
+def test_crops_masks_split_and_manifest(tmp_path, capsys):
+    root = fabricated_voc(tmp_path)
+    manifest = prepare(root)
+    out = capsys.readouterr().out
+    assert sorted(manifest["class"].value_counts().items()) == [("cat", 12), ("dog", 4)]  # person: not kept
+    assert "3 with an empty mask" in out and "total 16" in out  # the birds of images 0, 5, 10
+    # every object of a source image on one side
+    assert (manifest.groupby("source_image")["split"].nunique() == 1).all()
+    assert 0 < (manifest["split"] == "test").sum() <= round(16 * 1700 / 5344)
+    assert manifest.equals(pd.read_parquet(root / "out" / "manifest.parquet"))
+    cat = manifest[manifest["class"] == "cat"].iloc[0]
+    assert (cat["top"], cat["left"], cat["side"]) == (5, 55, 30)  # a 30-px square centred on the 30x20 box
+    # an ImageFolder tree with masks beside it, each crop and mask 32 px
+    images = data_lib.evaluation_set("imagefolder", str(root / "out"), "test", image_size=32)
+    masks = data_lib.evaluation_masks("imagefolder", "test", str(root / "out"), image_size=32)
+    assert len(images) == len(masks) == (manifest["split"] == "test").sum()
+    mask = np.asarray(Image.open(next((root / "out" / "masks").rglob("cat/*.png"))))
+    assert mask.shape == (32, 32) and set(np.unique(mask)) == {0, 255}
+    assert not mask[:, -4:].any() and mask[:, 10].all()  # zeros where the square left the image
+
+
+def test_the_split_is_reproducible_and_follows_the_seed(tmp_path):
+    root = fabricated_voc(tmp_path, images=30)
+    first = prepare(root, "--seed", "1")
+    again = prepare(root, "--seed", "1")
+    other = prepare(root, "--seed", "2")
+    assert first.equals(again) and not first["split"].equals(other["split"])
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda root: (root / "VOC2010" / "ImageSets" / "Main" / "trainval.txt").unlink(), "trainval.txt does not exist"),
+    (lambda root: savemat(root / "parts" / "2008_000001.mat", {"something": np.ones(3)}), "not a Pascal-Part"),
+    (lambda root: write_annotation(root / "parts" / "2008_000002.mat", "x", [("cat", np.ones((60, 80, 2)))]),
+     "mask of shape"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, breakage, message):
+    root = fabricated_voc(tmp_path, images=4)
+    breakage(root)
+    with pytest.raises(SystemExit) as exit_info:
+        prepare(root)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err
