@@ -19,6 +19,8 @@ HELP = {
     "data": "data directory (CIFAR: holds cifar-10-batches-py/; imagefolder: holds train/ and val/)",
     "num_classes": "expected class count; an error if the data disagrees",
     "image_size": "training resolution for imagefolder (eval resizes to size*256/224, then center-crops)",
+    "train_crop": "imagefolder training crop: resized (RandomResizedCrop) or padded (resize to the size, "
+                  "random crop with 1/8 padding: small square crops such as VOC objects)",
     "model": "network; K = 64 for CIFAR ResNets, 256 for AlexNet, 512/2048 for torchvision ResNets",
     "weights": "local state-dict file to initialise a torchvision ResNet (never downloaded)",
     "method": "csg (class-specific gate) or std (baseline, no gate)",

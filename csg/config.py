@@ -22,6 +22,7 @@ class TrainConfig:
     data: str | None = None
     num_classes: int | None = None
     image_size: int = 224
+    train_crop: str = "resized"  # resized | padded (imagefolder training augmentation)
     model: str = "resnet20"
     weights: str | None = None
     # how to train
@@ -89,7 +90,7 @@ PRESETS: dict[str, dict] = {
     "voc-resnet152": dict(
         dataset="imagefolder", model="resnet152", batch_size=32, optimizer="adam", lr=1e-5,
         csg_lr=1e-3, weight_decay=0.0, epochs=150, loader_workers=4, warmup=10, period=3, csg_epochs=2,
-        std_frozen="layer2", csg_frozen="layer3", image_size=128,
+        std_frozen="layer2", csg_frozen="layer3", image_size=128, train_crop="padded",
         g_density=0.2,  # Table 1: interval [0.1667, 0.2]
         lambda2=1e-3,  # the authors' VOC code
     ),
@@ -115,6 +116,7 @@ PRESETS: dict[str, dict] = {
 
 CHOICES = {
     "dataset": data_lib.DATASET_CHOICES,
+    "train_crop": data_lib.TRAIN_CROPS,
     "model": MODEL_CHOICES,
     "method": ("csg", "std"),
     "scheme": ("alternate", "joint"),

@@ -74,10 +74,17 @@ def describe(name: str, root: str | None) -> DatasetInfo:
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_CHOICES)}")
 
 
+TRAIN_CROPS = ("resized", "padded")
+
+
 def load(
-    name: str, root: str | None, image_size: int = 224, skip_bad_images: bool = False
+    name: str, root: str | None, image_size: int = 224, skip_bad_images: bool = False, train_crop: str = "resized"
 ) -> tuple[Dataset, Dataset]:
     """(train, test) with the standard augmentation of each data set on the training side.
+
+    ImageFolder trains on ImageNet's RandomResizedCrop (`train_crop="resized"`), or, for trees
+    of small square crops such as the VOC objects, on the image resized to `image_size` and a
+    random crop of it padded by an eighth (`"padded"`, as the authors train at 128 px).
 
     With `skip_bad_images`, an unreadable ImageFolder file yields None (dropped by
     `collate_skipping_bad`) instead of raising `BadImageError`.
@@ -96,9 +103,9 @@ def load(
         return _cifar_split(name, root, True, train_tf), _cifar_split(name, root, False, None)
     if name == "imagefolder":
         _imagefolder_classes(root)
-        train_tf = T.Compose(
-            [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor()]
-        )
+        crop = ([T.RandomResizedCrop(image_size)] if train_crop == "resized" else
+                [T.Resize((image_size, image_size)), T.RandomCrop(image_size, padding=image_size // 8)])
+        train_tf = T.Compose([*crop, T.RandomHorizontalFlip(), T.ToTensor()])
         eval_tf = T.Compose([*evaluation_crop(image_size), T.ToTensor()])
         return (
             CheckedImageFolder(str(Path(root) / "train"), train_tf, skip_bad=skip_bad_images),

@@ -38,7 +38,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     torch.manual_seed(cfg.seed)
 
     info = data_lib.describe(cfg.dataset, cfg.data)
-    train_set, test_set = data_lib.load(cfg.dataset, cfg.data, cfg.image_size, cfg.skip_bad_images)
+    train_set, test_set = data_lib.load(cfg.dataset, cfg.data, cfg.image_size, cfg.skip_bad_images, cfg.train_crop)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     loader_kw = dict(num_workers=cfg.loader_workers, pin_memory=device.type == "cuda",
                      collate_fn=data_lib.collate_skipping_bad)

@@ -17,6 +17,7 @@ CASES = {
     "missing weights file": (["--model", "resnet18", "--weights", "/nonexistent/w.pth"], "--weights"),
     "fixed gate too large": (["--gate", "fixed", "--m1", "7", "--m2", "0"], "--m1"),
     "non-numeric epochs": (["--epochs", "many"], "--epochs"),
+    "unknown training crop": (["--train-crop", "zoom"], "--train-crop"),
 }
 
 

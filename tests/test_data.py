@@ -46,3 +46,17 @@ def test_imagefolder_tree(tmp_path):
     assert (info.num_classes, info.train_size) == (3, 12) and len(test) == 6
     assert train[0][0].shape == (3, 32, 32) and test[0][0].shape == (3, 32, 32)
     assert train.classes == ["cat", "dog", "owl"]
+
+
+def test_padded_crop_keeps_the_whole_square_image_shifted_at_most_an_eighth(tmp_path):
+    """The VOC preset's augmentation: the image resized whole, then shifted by up to size/8."""
+    from csg.config import PRESETS
+
+    root = make_imagefolder(tmp_path, per_class=(2, 1), size=40)
+    train, _ = data.load("imagefolder", str(root), image_size=32, train_crop="padded")
+    torch.manual_seed(0)
+    images = torch.stack([train[0][0] for _ in range(20)])
+    assert images.shape == (20, 3, 32, 32)
+    zero_rows = (images.sum(dim=(1, 3)) == 0).sum(dim=1)  # padding shows as black rows
+    assert zero_rows.max() <= 4 and zero_rows.max() > 0
+    assert PRESETS["voc-resnet152"]["train_crop"] == "padded"
