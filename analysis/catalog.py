@@ -67,10 +67,9 @@ def run_studies(store, runs, requests: dict[str, dict], split: str = "test", fig
         write_tables(store, tables)
         echo(study.module.summary(tables, labels))
         stem = "_".join(run.run_id for run in chosen)
-        for figure, plot in study.figures.items():
-            if figures_dir is not None:
-                path = Path(figures_dir) / f"{figure}_{stem}.png"
-                plot(tables, labels, path, **(figure_options or {}).get(figure, {}))
-                echo(f"figure: {path}")
+        for figure, plot in study.figures.items() if figures_dir is not None else ():
+            path = Path(figures_dir) / f"{figure}_{stem}.png"
+            plot(tables, labels, path, **(figure_options or {}).get(figure, {}))
+            echo(f"figure: {path}")
         done[name] = tables
     return done

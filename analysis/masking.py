@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.studies import RunArrays, StudyError, check_classes, fan_out, labelled, seeded
+from analysis.studies import RunArrays, StudyError, check_classes, fan_out, labelled
 
 DEFAULT_TAU = 0.5
 DEFAULT_FRACTION = 0.1
@@ -69,7 +69,7 @@ class RandomRule(MaskingRule):
     def select(self, arrays, classes):
         count = int(self.reference.select(arrays, classes).sum())
         selected = np.zeros(arrays.num_filters, bool)
-        selected[seeded(self.seed, *classes).choice(arrays.num_filters, count, replace=False)] = True
+        selected[np.random.default_rng([self.seed, *classes]).choice(arrays.num_filters, count, replace=False)] = True
         return selected
 
 

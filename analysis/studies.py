@@ -105,12 +105,21 @@ def gate_of(state: dict) -> np.ndarray | None:
 
 
 def load_run_arrays(checkpoint: str, split: str = "test", batch_size: int = 256) -> RunArrays:
-    from analysis.mutual_info import extract_features
+    """One run's arrays from one read of its checkpoint."""
+    import torch
+    from torch.utils.data import DataLoader
+
     from csg import checkpoint as ckpt_lib
+    from csg import data as data_lib
+    from csg.engine import gap_features
 
     state = ckpt_lib.read(checkpoint)
-    model, _, _ = ckpt_lib.restore_model(checkpoint, state)
-    extracted = extract_features(checkpoint, split, batch_size=batch_size)
+    model, cfg, _ = ckpt_lib.restore_model(checkpoint, state)
+    dataset = data_lib.evaluation_set(cfg.dataset, cfg.data, split, cfg.image_size, cfg.skip_bad_images)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=data_lib.collate_skipping_bad)
+    extracted = gap_features(model.to(device), loader, device)
+    model.cpu()
     return RunArrays(
         features=extracted["features"].astype(np.float64), labels=extracted["labels"],
         predictions=extracted["predictions"],
@@ -207,8 +216,4 @@ def check_classes(option: str, classes, num_classes: int) -> None:
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:
         raise StudyError(f"{option}: class {bad[0]} is outside [0, {num_classes})")
-
-
-def seeded(*key) -> np.random.Generator:
-    return np.random.default_rng([int(k) for k in key])
 
