@@ -139,12 +139,13 @@ def load_arrays(runs: list[Run], split: str = "test") -> dict:
     return {run.run_id: task.remote(run.checkpoint, split) for run in runs}
 
 
-def fan_out(name: str, calls: dict, progress=True) -> dict:
+def fan_out(name: str, calls: dict, progress=True, num_gpus: float = 0) -> dict:
     """Run `calls` (key -> (function, args)) as Ray tasks; key -> result, with a progress line
     per finished task. A StudyError raised in a task is raised here as itself."""
     import ray
 
-    refs = {ray.remote(num_cpus=1)(function).remote(*args): key for key, (function, args) in calls.items()}
+    remote = {function: ray.remote(num_cpus=1, num_gpus=num_gpus)(function) for function, _ in calls.values()}
+    refs = {remote[function].remote(*args): key for key, (function, args) in calls.items()}
     results, pending, start = {}, list(refs), time.time()
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)

@@ -303,12 +303,23 @@ class MaskFolder(Dataset):
     def __getitem__(self, index) -> torch.Tensor:
         from PIL import Image
 
+        self._check_size(index)
+        with Image.open(self.paths[index]) as mask:
+            return torch.from_numpy(np.asarray(self.transform(mask.convert("L"))) > 0)
+
+    def check_sizes(self) -> None:
+        """Refuse the first mask whose size differs from its image's (headers only: fast)."""
+        for index in range(len(self.paths)):
+            self._check_size(index)
+
+    def _check_size(self, index: int) -> None:
+        from PIL import Image
+
         path, (image_path, _) = self.paths[index], self.images.samples[index]
         with Image.open(path) as mask, Image.open(image_path) as image:
             if mask.size != image.size:
                 raise DataError(f"--data: mask {path} is {mask.size[0]}x{mask.size[1]}, its image {image_path} "
                                 f"is {image.size[0]}x{image.size[1]}")
-            return torch.from_numpy(np.asarray(self.transform(mask.convert("L"))) > 0)
 
 
 def collate_skipping_bad(batch):

@@ -129,6 +129,28 @@ SCHEMAS: dict[str, pa.Schema] = {
         ]
     ),
     "kmeans_summary": pa.schema([("purity", pa.float64()), ("adjusted_rand", pa.float64())]),
+    "localization_filters": pa.schema(
+        [
+            ("method", pa.string()),
+            ("filter", pa.int64()),
+            ("class", pa.int64()),
+            ("avg_iou", pa.float64()),
+            ("ap20", pa.float64()),
+            ("ap30", pa.float64()),
+            ("focus", pa.bool_()),
+        ]
+    ),
+    "localization": pa.schema(
+        [
+            ("method", pa.string()),
+            ("class", pa.string()),
+            ("avg_iou", pa.float64()),
+            ("ap20", pa.float64()),
+            ("ap30", pa.float64()),
+            ("n_filters", pa.int64()),
+            ("n_images", pa.int64()),
+        ]
+    ),
 }
 
 RUN_SUMMARY_SCHEMA = pa.schema(

@@ -9,12 +9,14 @@
     python jobs/analyze.py correlation --results results --runs CSG_RUN STD_RUN   # Figs. 7, 8
     python jobs/analyze.py kmeans --results results --runs CSG_RUN STD_RUN        # Fig. 11
     python jobs/analyze.py studies --results results --runs CSG_RUN STD_RUN       # those four at once
+    python jobs/analyze.py localize --results results --runs CSG_RUN STD_RUN      # Table 2, Fig. 9
     python jobs/analyze.py report --results results --runs CSG_RUN STD_RUN        # one HTML page
 """
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -24,10 +26,11 @@ from analysis.blackbox import BLACK_BOX, LOCAL_SEARCH_DEFAULTS
 from analysis.catalog import STUDIES, check, run_studies, runs_for
 from analysis.kmeans import DEFAULT_N_INIT
 from analysis.masking import DEFAULT_FRACTION, DEFAULT_TAU, RULES
+from analysis.saliency import AUTHORS, CHANNEL_REDUCTIONS, METHODS, SCORINGS, TEXT, GradMapSettings
 from analysis.studies import Run, StudyError, resolve_runs
 from csg.cli import OneLineParser
 from csg.cluster import init_ray
-from csg.mutual_info import METHODS
+from csg.mutual_info import METHODS as MI_METHODS
 from csg.results import ResultStore
 from csg.run_record import RUNS_SCHEMA, write_mi
 
@@ -39,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     mi.add_argument("--results", default="results", help="results root holding the run")
     mi.add_argument("--run", required=True, help="run id")
-    mi.add_argument("--method", choices=METHODS, default="fast", help="fast (exact, Ray tasks) or sklearn")
+    mi.add_argument("--method", choices=MI_METHODS, default="fast", help="fast (exact, Ray tasks) or sklearn")
     mi.add_argument("--shards", type=int, default=1, help="Ray tasks extracting features")
     adv = _comparison(commands, "adversarial", "adversarial-sample detection from per-layer features (Table 3)",
                       WHITE_BOX)
@@ -72,6 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     for add_flags in (masking_flags, similarity_flags, correlation_flags):
         add_flags(every)
     kmeans_flags(every, seed=False)  # masking's --seed serves both
+    localize_flags(_study(commands, "localize", "localization by GradMap, ActivMap and CAM against object masks "
+                                                "(Sec. 5.1, Table 2, Fig. 9)"))
     report = commands.add_parser("report", help="one self-contained HTML page of every result of some runs",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     report.add_argument("--results", default="results", help="results root holding the runs")
@@ -129,6 +134,25 @@ def kmeans_flags(parser, seed=True):
         parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
 
 
+def localize_flags(parser):
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="techniques scored")
+    parser.add_argument("--sigma", type=float, help=f"GradMap blur sigma, pixels at 128 px, scaled to the image size "
+                                                     f"(text: {TEXT.sigma:g})")
+    parser.add_argument("--channels", choices=CHANNEL_REDUCTIONS, help=f"GradMap colour-channel reduction "
+                                                                       f"(default {TEXT.channels})")
+    parser.add_argument("--scoring", choices=SCORINGS, help=f"GradMap: every filter with its focus class, or each "
+                                                            f"image with its class's top filters (default {TEXT.scoring})")
+    parser.add_argument("--top-filters", type=int, help=f"with --scoring top-filters: filters per class "
+                                                        f"(default {TEXT.top_filters})")
+    parser.add_argument("--authors-settings", action="store_true",
+                        help=f"GradMap as the authors' code: sigma {AUTHORS.sigma:g} (kernel +-1 sigma), "
+                             f"{AUTHORS.channels} channels, {AUTHORS.scoring} {AUTHORS.top_filters}")
+    parser.add_argument("--shards", type=int, default=2, help="Ray tasks per (run, method), each a slice of images")
+    parser.add_argument("--filter-block", type=int, default=512, help="GradMap filters per Ray task")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch in a task")
+    parser.add_argument("--examples", type=int, default=3, help="images per class in the figures")
+
+
 STUDY_FLAGS = {"masking": masking_flags, "similarity": similarity_flags, "correlation": correlation_flags,
                "kmeans": kmeans_flags}
 STUDY_OPTIONS = {"masking": ("mask_sets", "rule", "tau", "fraction", "seed"), "similarity": ("order",),
@@ -141,7 +165,7 @@ def main(argv=None):
     if args.command in (*STUDIES, "studies"):
         return study_main(parser, args)
     return {"mi": mi_main, "adversarial": adversarial_main, "blackbox": blackbox_main,
-            "report": report_main}[args.command](parser, args)
+            "localize": localize_main, "report": report_main}[args.command](parser, args)
 
 
 def resolved(parser, store: ResultStore, run_ids, which="latest", option="--runs") -> list[Run]:
@@ -166,6 +190,43 @@ def study_main(parser, args) -> dict:
                            {"similarity": {"order": getattr(args, "order", None)}})
     except StudyError as exc:
         parser.error(str(exc))
+
+
+def gradmap_settings(parser, args) -> GradMapSettings:
+    given = {name: getattr(args, name) for name in ("sigma", "channels", "scoring", "top_filters")
+             if getattr(args, name) is not None}
+    if args.authors_settings and given:
+        parser.error(f"--authors-settings sets GradMap's options; drop --{next(iter(given)).replace('_', '-')}")
+    settings = AUTHORS if args.authors_settings else replace(TEXT, **given)
+    if settings.sigma < 0 or settings.top_filters < 1:
+        parser.error("--sigma must be >= 0 and --top-filters >= 1")
+    return settings
+
+
+def localize_main(parser, args):
+    from analysis.localization import localize, table2
+    from analysis.localization_plots import draw
+    from analysis.studies import labelled, write_tables
+
+    store = ResultStore(args.results)
+    runs = resolved(parser, store, args.runs, args.checkpoint)
+    settings = gradmap_settings(parser, args)
+    if min(args.shards, args.filter_block, args.batch_size, args.examples) < 1:
+        parser.error("--shards, --filter-block, --batch-size and --examples must be >= 1")
+    init_ray()
+    try:
+        found = localize(runs, args.methods, args.split, settings, args.shards, args.filter_block, args.batch_size)
+    except StudyError as exc:
+        parser.error(str(exc))
+    write_tables(store, found.tables)
+    labels = {run.run_id: run.label for run in runs}
+    print(f"\nlocalization on the {args.split} split, as Table 2 (GradMap: {settings})")
+    print(table2(found.tables["localization"], labels).to_string(float_format="{:.4f}".format))
+    for (run_id, method), seconds in found.seconds.items():
+        print(f"{labels[run_id]} {method}: {seconds:.1f} s in tasks, {1000 * seconds / len(found.labels):.2f} ms "
+              f"per image")
+    draw(runs, found, args.split, Path(args.results) / "figures", args.examples)
+    return found
 
 
 def report_main(parser, args) -> Path:

@@ -94,3 +94,36 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, breakage, message):
         prepare(root)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_voc_resnet152_preset_fine_tunes_from_a_weights_file_and_localizes(ray_local, tmp_path):
+    """The preset end to end on the prepared tree at 128 px, from a local torchvision state dict
+    (random weights here): stages up to layer2 never move, layer3 moves only on STD epochs."""
+    import torch
+    import torchvision
+
+    prepare(fabricated_voc(tmp_path), "--size", "128")
+    weights = tmp_path / "resnet152.pth"
+    torch.save(torchvision.models.resnet152().state_dict(), weights)
+    row = job_main("train_imagenet")(["--preset", "voc-resnet152", "--data", str(tmp_path / "out"),
+                                      "--weights", str(weights), "--workers", "1", "--loader-workers", "0",
+                                      "--epochs", "2", "--warmup", "1", "--batch-size", "4", "--keep-checkpoints", "0",
+                                      "--g-density", "0.5",  # two classes here; 0.2 is for six
+                                      "--results", str(tmp_path / "results"), "--run-id", "voc"])
+    assert row["status"] == "finished"
+    epochs = pd.read_parquet(tmp_path / "results" / "epochs")
+    assert epochs.sort_values("epoch")["path"].tolist() == ["std", "csg"]
+    initial = torch.load(weights, weights_only=True)
+    states = sorted((torch.load(path, weights_only=True) for path in
+                     (tmp_path / "results" / "checkpoints" / "voc").rglob("state.pt")), key=lambda s: s["epoch"])
+    assert [state["epoch"] for state in states] == [0, 1]  # kept: both (--keep-checkpoints 0)
+    after_std, after_csg = (state["model"] for state in states)
+    for name in ("conv1.weight", "layer1.0.conv1.weight", "layer2.0.conv1.weight"):
+        assert torch.equal(after_csg[f"stages.{'stem.0.weight' if name == 'conv1.weight' else name}"], initial[name])
+    assert not torch.equal(after_std["stages.layer3.0.conv1.weight"], initial["layer3.0.conv1.weight"])
+    assert torch.equal(after_csg["stages.layer3.0.conv1.weight"], after_std["stages.layer3.0.conv1.weight"])
+    assert not torch.equal(after_csg["stages.layer4.0.conv1.weight"], after_std["stages.layer4.0.conv1.weight"])
+    found = job_main("analyze")(["localize", "--results", str(tmp_path / "results"), "--runs", "voc",
+                                 "--methods", "cam", "activmap", "--examples", "1"])
+    table = found.tables["localization"]
+    assert table.loc[table["class"] == "total", "n_images"].dropna().tolist() == [len(found.labels)]

@@ -1,0 +1,222 @@
+"""Localization (Sec. 5.1, Appendices G-H): the metrics, the three maps on models whose answer
+is known, the thresholds, bad input, and the job end to end on digits-scenes."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from analysis.localization import (Statistics, class_rows_from_filters, class_rows_from_images, focus_classes,
+                                   has_gap_linear_head, score)
+from analysis.saliency import (AUTHORS, BIN_RATIO, CAM, TEXT, ActivMap, GradMap, activation_histogram,
+                               gaussian_blur, gradient_maps, iou, top_thresholds)
+from csg.models import GatedClassifier
+from tests.helpers import job_main, readme_columns, written_columns
+
+
+class ChannelsAsFilters(GatedClassifier):
+    """A probe whose last-conv map is the input itself: filter k's map is channel k."""
+
+    def __init__(self, channels: int, classes: int):
+        super().__init__((0.0,) * channels, (1.0,) * channels)
+        self.stages = nn.ModuleDict({"stem": nn.Identity()})
+        self.fc = nn.Linear(channels, classes)
+
+
+class PixelwiseLinear(GatedClassifier):
+    """A_k = sum_c W[k, c] * x_c pixel by pixel: GAP(A_k) is linear in x, with gradient W_k / (H W)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__((0.0,) * weight.shape[1], (1.0,) * weight.shape[1])
+        self.weight = nn.Parameter(weight)
+        self.stages = nn.ModuleDict({"stem": nn.Identity()})
+        self.fc = nn.Linear(weight.shape[0], 2)
+
+    def features(self, x):
+        return torch.einsum("kchw,bchw->bkhw", self.weight, x)
+
+
+def region(height, width, top, left, h, w):
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[top:top + h, left:left + w] = True
+    return mask
+
+
+def test_iou_on_hand_made_masks():
+    truth = region(4, 4, 0, 0, 2, 2)[None]  # 4 pixels
+    segments = torch.stack([region(4, 4, 0, 0, 2, 2), region(4, 4, 0, 0, 2, 4), region(4, 4, 2, 2, 2, 2),
+                            torch.zeros(4, 4, dtype=torch.bool)])[None]
+    assert iou(segments, truth).tolist() == [[1.0, 0.5, 0.0, 0.0]]
+
+
+def test_focus_class_is_the_best_ap_then_iou_and_class_means_average_the_focused_filters():
+    frame = pd.DataFrame({
+        "filter": [0, 0, 1, 1, 2, 2],
+        "class": [0, 1, 0, 1, 0, 1],
+        "avg_iou": [0.5, 0.3, 0.2, 0.4, 0.1, 0.6],
+        "ap20": [0.9, 0.5, 0.4, 0.4, 0.2, 0.8],
+        "ap30": [0.8, 0.1, 0.3, 0.3, 0.1, 0.7],
+    })
+    frame["focus"] = focus_classes(frame, 30)
+    # filter 0 -> class 0 (AP30 .8), filter 1 ties at .3 -> class 1 by Avg-IoU .4, filter 2 -> class 1
+    assert frame.loc[frame["focus"], ["filter", "class"]].values.tolist() == [[0, 0], [1, 1], [2, 1]]
+    table = class_rows_from_filters(frame, ["a", "b"]).set_index("class")
+    assert table.loc["a", "avg_iou"] == 0.5 and table.loc["a", "n_filters"] == 1
+    assert table.loc["b", "avg_iou"] == pytest.approx(0.5) and table.loc["b", "ap30"] == pytest.approx(0.5)
+    assert table.loc["total", "avg_iou"] == pytest.approx(0.5) and table.loc["total", "n_filters"] == 3
+    assert table.loc["total", "ap20"] == pytest.approx((0.9 + 0.4 + 0.8) / 3)
+
+
+def test_per_image_metrics_average_over_each_class_and_all_images():
+    table = class_rows_from_images(np.array([0.1, 0.25, 0.5, 0.35]), np.array([0, 0, 1, 1]), ["a", "b"])
+    table = table.set_index("class")
+    assert table.loc["a", "avg_iou"] == pytest.approx(0.175) and table.loc["a", "ap20"] == 0.5
+    assert table.loc["b", "ap30"] == 1.0 and table.loc["total", "ap30"] == 0.5
+    assert table.loc["total", "n_images"] == 4
+
+
+def test_activmap_of_a_filter_that_indicates_a_region_localizes_it_exactly():
+    rng = np.random.default_rng(0)
+    regions = torch.stack([region(16, 16, int(t), int(l), 10, 9) for t, l in rng.integers(0, 6, (8, 2))])
+    images = torch.stack([regions.float(), torch.rand(8, 16, 16)], dim=1)  # channel 1: noise
+    model = ChannelsAsFilters(2, 2).eval()
+    thresholds = top_thresholds(activation_histogram(model.features(images)))
+    segments = ActivMap().segments(model, images, torch.zeros(8, dtype=torch.long), [0, 1], thresholds)
+    assert iou(segments, regions)[:, 0].tolist() == [1.0] * 8
+    assert iou(segments, regions)[:, 1].max() < 0.9
+
+
+def test_gradmap_of_a_linear_model_is_its_weights_normalised():
+    torch.manual_seed(0)
+    weight = torch.randn(3, 2, 8, 8)
+    model = PixelwiseLinear(weight).eval()
+    images = torch.rand(4, 2, 8, 8)
+    for channels, reduce in (("l2", lambda w: w.norm(dim=0)), ("max-abs", lambda w: w.abs().amax(dim=0))):
+        maps = gradient_maps(model, images, [0, 2], channels)
+        for position, k in enumerate((0, 2)):
+            expected = reduce(weight[k])
+            expected = expected / expected.square().mean().sqrt()
+            for b in range(4):
+                torch.testing.assert_close(maps[b, position], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_blur_keeps_a_constant_map_and_spreads_a_point():
+    constant = torch.full((1, 1, 9, 9), 2.0)
+    torch.testing.assert_close(gaussian_blur(constant, 2.0, 3.0), constant)
+    point = torch.zeros(1, 1, 9, 9)
+    point[0, 0, 4, 4] = 1.0
+    blurred = gaussian_blur(point, 1.0, 3.0)
+    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-6) and blurred[0, 0, 4, 4] < 0.2
+    assert blurred[0, 0, 4, 5] == pytest.approx(blurred[0, 0, 5, 4].item())
+
+
+def test_cam_of_the_labelled_class_finds_the_region_its_filters_fire_on():
+    masks = torch.stack([region(10, 10, 0, 0, 6, 6), region(10, 10, 4, 4, 6, 6)])  # 36% of the pixels each
+    images = torch.stack([masks[0], masks[1]], dim=0).float()[None].repeat(2, 1, 1, 1)  # channel c: region c
+    model = ChannelsAsFilters(2, 2).eval()
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.eye(2))
+    right = CAM().segments(model, images, torch.tensor([0, 1]))
+    wrong = CAM().segments(model, images, torch.tensor([1, 0]))
+    assert iou(right, masks)[:, 0].tolist() == [1.0, 1.0]
+    assert iou(wrong, masks)[:, 0].max() < 0.3
+
+
+def test_thresholds_from_the_histogram_are_within_one_bin_below_the_exact_top_30_percent():
+    torch.manual_seed(0)
+    activation = torch.relu(torch.randn(50, 4, 3, 3)) * torch.tensor([1.0, 1e-3, 100.0, 0.0])[None, :, None, None]
+    thresholds = top_thresholds(activation_histogram(activation[:20]) + activation_histogram(activation[20:]))
+    values = activation.transpose(0, 1).reshape(4, -1)
+    exact = values.sort(dim=1).values[:, -int(0.3 * values.shape[1])]
+    for k in range(3):
+        assert exact[k] / BIN_RATIO * (1 - 1e-6) <= thresholds[k] <= exact[k]
+        assert (values[k] >= thresholds[k]).float().mean() >= 0.3
+    assert thresholds[3] == 0.0
+
+
+def test_top_filters_are_the_most_activated_by_each_class():
+    stats = Statistics(np.array([[1.0, 5.0, 3.0], [6.0, 2.0, 4.0]]), np.array([1.0, 2.0]), None)
+    assert stats.top_filters(2).tolist() == [[False, True, True], [True, False, True]]
+
+
+def test_score_sums_per_filter_and_per_image_and_top_filters_scoring_averages_the_chosen():
+    masks = torch.stack([region(6, 6, 0, 0, 3, 6), region(6, 6, 3, 0, 3, 6)])
+    images = torch.stack([masks.float(), masks.flip(0).float()], dim=1)  # filter 0 right, filter 1 wrong
+    labels = torch.tensor([0, 1])
+    model = ChannelsAsFilters(2, 2).eval()
+    batches = [(images, labels, masks, torch.tensor([0, 1]))]
+    thresholds = top_thresholds(activation_histogram(model.features(images)))
+    tally = score(model, ActivMap(), batches, [0, 1], 2, thresholds,
+                  top_sets=np.array([[True, False], [False, True]]))
+    assert tally.iou_sum.tolist() == [[1.0, 1.0], [0.0, 0.0]] and tally.hits[30].tolist() == [[1, 1], [0, 0]]
+    assert tally.image_iou_sum.tolist() == [1.0, 0.0] and tally.image_scored.tolist() == [1, 1]
+
+
+def test_a_model_whose_head_is_not_gap_then_linear_has_no_cam():
+    class MaxPooled(ChannelsAsFilters):
+        def classify(self, activation):
+            return self.fc(activation.amax(dim=(2, 3)))
+
+    assert has_gap_linear_head(ChannelsAsFilters(2, 2)) and not has_gap_linear_head(MaxPooled(2, 2))
+
+
+def test_authors_settings_differ_from_the_text_as_documented():
+    assert (TEXT.sigma, TEXT.channels, TEXT.scoring) == (5.0, "max-abs", "focus")
+    assert (AUTHORS.sigma, AUTHORS.truncate, AUTHORS.channels, AUTHORS.scoring, AUTHORS.top_filters) == \
+        (30.0, 1.0, "l2", "top-filters", 30)
+    assert GradMap(AUTHORS).ap == 20 and ActivMap().ap == 30 and CAM().ap == 30
+
+
+# -- bad input and the job end to end --------------------------------------------------------
+
+BAD = {
+    "unknown method": (["--methods", "saliency"], "--methods"),
+    "authors settings with an explicit sigma": (["--authors-settings", "--sigma", "3"], "--authors-settings"),
+    "no shards": (["--shards", "0"], "--shards"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_localize_options_are_one_line_exit_2(case, tmp_path, capsys):
+    from tests.test_studies import fabricated_runs
+
+    fabricated_runs(tmp_path, {"c": ("csg", "digits-scenes")})
+    argv, option = BAD[case]
+    with pytest.raises(SystemExit) as exit_info:
+        job_main("analyze")(["localize", "--results", str(tmp_path), "--runs", "c", *argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and option in err, err
+
+
+def test_a_run_whose_data_has_no_masks_is_refused_and_nothing_is_written(digits_run, capsys):
+    results, row = digits_run
+    before = sorted(p.relative_to(results) for p in results.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        job_main("analyze")(["localize", "--results", str(results), "--runs", row["run_id"]])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "carries no object masks" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(results) for p in results.rglob("*")) == before
+
+
+def test_localize_scores_csg_and_std_on_digits_scenes_and_writes_both_tables(ray_local, tmp_path):
+    train = job_main("train_cifar")
+    common = ["--dataset", "digits-scenes", "--epochs", "3", "--results", str(tmp_path)]
+    csg = train([*common, "--method", "csg", "--run-id", "csg"])
+    std = train([*common, "--method", "std", "--run-id", "std"])
+    found = job_main("analyze")(["localize", "--results", str(tmp_path), "--runs", csg["run_id"], std["run_id"],
+                                 "--shards", "2", "--filter-block", "40", "--examples", "2"])
+    classes = pd.read_parquet(tmp_path / "localization")
+    assert set(zip(classes["run_id"].astype(str), classes["method"])) == \
+        {(run, method) for run in ("csg", "std") for method in ("gradmap", "activmap", "cam")}
+    assert list(classes.loc[classes["method"] == "cam", "class"].unique()) == [*map(str, range(10)), "total"]
+    cam_total = classes[(classes["method"] == "cam") & (classes["class"] == "total")]
+    assert cam_total["n_images"].tolist() == [len(found.labels)] * 2 and cam_total["avg_iou"].between(0, 1).all()
+    filters = pd.read_parquet(tmp_path / "localization_filters")
+    focused = filters[filters["focus"]].groupby(["run_id", "method"], observed=True)["filter"].nunique()
+    assert focused.tolist() == [64] * 4  # gradmap and activmap: every filter has one focus class, per run
+    gradmap_total = classes[(classes["method"] == "gradmap") & (classes["class"] == "total")]
+    assert gradmap_total["n_filters"].tolist() == [64, 64]
+    for table in ("localization", "localization_filters"):
+        assert written_columns(tmp_path, table) == readme_columns(table)
+    for name in ("localization_cam_csg_std", "localization_activmap_csg", "localization_activmap_std"):
+        assert (tmp_path / "figures" / f"{name}.png").is_file()
