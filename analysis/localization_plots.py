@@ -127,3 +127,18 @@ def draw(runs, found, split: str, figures_dir: Path, per_class: int = 3, echo=pr
     for path in paths:
         echo(f"figure: {path}")
     return paths
+
+
+def plot_filter_iou(filters: pd.DataFrame, labels: dict[str, str], out) -> Path:
+    """Per method, the distribution over filters of each run's Avg-IoU at its focus class(es)."""
+    focused = filters[filters["focus"]]
+    methods = list(dict.fromkeys(focused["method"]))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3), squeeze=False, constrained_layout=True)
+    bins = np.linspace(0, 1, 41)
+    for ax, method in zip(axes[0], methods):
+        for run_id, rows in focused[focused["method"] == method].groupby("run_id", sort=False, observed=True):
+            ax.hist(rows["avg_iou"], bins=bins, histtype="step", linewidth=1.4,
+                    label=f"{labels[str(run_id)]} (mean {rows['avg_iou'].mean():.3f})")
+        ax.set(title=method, xlabel="Avg-IoU of a filter at its focus class", ylabel="filters")
+        ax.legend(fontsize=7)
+    return save(fig, out)

@@ -1,6 +1,6 @@
 """One self-contained HTML page with every result of a set of runs (a CSG and an STD run,
 typically): Table 1 and the configurations, training curves, Fig. 4, each class-specificity
-study, and the adversarial, black-box, gate-statistics and sweep results that concern them.
+study, localization, and the adversarial, black-box, gate-statistics and sweep results that concern them.
 
 Built from the results root alone: it reads tables and draws them, recomputes nothing, so it
 can be rebuilt anywhere the root is readable. Figures are inlined PNGs; the page loads nothing
@@ -132,6 +132,31 @@ class Report:
             body += missing(self.command(name, [r for r in runs if r not in done]))
         return section(name, study.title, body)
 
+    def localization(self):
+        from analysis.localization import table2
+        from analysis.localization_plots import plot_filter_iou
+
+        title = "Localization (Sec. 5.1, Table 2, Fig. 9)"
+        tables = read_tables(self.store, ["localization", "localization_filters"], self.ids)
+        datasets = set(self.rows["dataset"])
+        if "localization" not in tables and not datasets & {"digits-scenes", "imagefolder"}:
+            return section("localization", title, f"<p>Needs object masks, which {', '.join(sorted(datasets))} "
+                                                  f"lacks: train on digits-scenes or an ImageFolder tree with "
+                                                  f"masks/ (see the README).</p>")
+        if "localization" not in tables:
+            return section("localization", title, missing(self.command("localize")))
+        done = [r for r in self.ids if (tables["localization"]["run_id"].astype(str) == r).any()]
+        body = table_html(table2(tables["localization"], self.labels).reset_index(), "localization-table")
+        if "localization_filters" in tables:
+            body += image(plot_filter_iou, tables["localization_filters"], self.labels, alt="filter Avg-IoU")
+        cams = Path(self.store.root) / "figures" / f"localization_cam_{'_'.join(done)}.png"
+        if cams.is_file():
+            data = base64.b64encode(cams.read_bytes()).decode("ascii")
+            body += f'<img alt="CAMs (Fig. 9)" src="data:image/png;base64,{data}">'
+        if len(done) < len(self.ids):
+            body += missing(self.command("localize", [r for r in self.ids if r not in done]))
+        return section("localization", title, body)
+
     def adversarial(self):
         from analysis.adversarial import table3
 
@@ -187,7 +212,7 @@ class Report:
 
     def html(self) -> str:
         parts = [self.overview(), self.training(), self.fig4(), *(self.study(name) for name in STUDIES),
-                 self.adversarial(), self.blackbox(), self.seeds(), self.sweeps()]
+                 self.localization(), self.adversarial(), self.blackbox(), self.seeds(), self.sweeps()]
         nav = "".join(f'<a href="#{anchor}">{html.escape(title.split(" (")[0].split(":")[0])}</a>'
                       for anchor, title, _ in parts)
         title = "csg-ray report: " + ", ".join(self.labels[r] for r in self.ids)

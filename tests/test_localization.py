@@ -220,3 +220,7 @@ def test_localize_scores_csg_and_std_on_digits_scenes_and_writes_both_tables(ray
         assert written_columns(tmp_path, table) == readme_columns(table)
     for name in ("localization_cam_csg_std", "localization_activmap_csg", "localization_activmap_std"):
         assert (tmp_path / "figures" / f"{name}.png").is_file()
+    page = job_main("analyze")(["report", "--results", str(tmp_path), "--runs", "csg", "std"]).read_text()
+    localization = page.split('<section id="localization">', 1)[1].split("</section>", 1)[0]
+    assert localization.count("<tr") == 1 + 3 * 2 * 2  # header; (method, metric, run)
+    assert localization.count('src="data:image/png;base64,') == 2  # filter Avg-IoU, Fig. 9

@@ -42,6 +42,8 @@ def test_a_mask_of_another_size_than_its_image_is_refused(tmp_path):
     masks = data_lib.evaluation_masks("imagefolder", "test", str(root))
     with pytest.raises(data_lib.DataError, match="is 20x20, its image .* is 40x40"):
         masks[6]
+    with pytest.raises(data_lib.DataError, match="owl/0.png is 20x20"):
+        masks.check_sizes()  # what localization runs before any task: headers only
 
 
 def test_data_sets_without_masks_say_so():

@@ -16,7 +16,7 @@ from PIL import Image
 from analysis.catalog import STUDIES
 from tests.helpers import job_main, readme_columns, written_columns
 
-SECTIONS = ["overview", "training", "fig4", *STUDIES, "adversarial", "blackbox", "gate_stats", "tune"]
+SECTIONS = ["overview", "training", "fig4", *STUDIES, "localization", "adversarial", "blackbox", "gate_stats", "tune"]
 STUDY_TABLES = [table for study in STUDIES.values() for table in study.tables]
 
 
@@ -112,6 +112,7 @@ def test_report_has_every_section_decodable_images_and_the_right_rows(quickstart
     assert page.rows["correlation-table"] == page.rows["kmeans-table"] == 2
     html = (results / "report.html").read_text()
     assert "python jobs/analyze.py adversarial --results results --runs" in html  # not run: its command
+    assert "Needs object masks, which digits lacks" in html
 
 
 def test_report_renders_in_chromium_without_console_errors(quickstart, tmp_path):
