@@ -10,13 +10,8 @@ import pandas as pd
 import torch
 
 from analysis.figures import plt, save
-from analysis.localization import open_split, restore
+from analysis.localization import first_per_class, open_split, restore
 from analysis.saliency import CAM, ActivMap, iou
-
-
-def example_indices(labels: np.ndarray, per_class: int) -> np.ndarray:
-    """The first `per_class` images of each class, class by class."""
-    return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
 
 
 def best_filters(filters: pd.DataFrame, run_id: str) -> dict[int, int]:
@@ -33,14 +28,14 @@ def example_maps(checkpoint: str, split: str, indices, class_filters: dict | Non
     model, cfg, device = restore(checkpoint)
     images, labels, masks, _ = next(iter(open_split(cfg, split, indices, len(indices))))
     images, masks = images.to(device), masks.to(device)
-    cam = CAM.maps(model, images, labels)
-    cam_segments = CAM().segments(model, images, labels)
+    forward = CAM().forward(model, images, labels)
+    cam, cam_segments = CAM.maps(forward), CAM().segments(forward)
     out = {"images": images.cpu().numpy(), "labels": labels.numpy(), "masks": masks.cpu().numpy(),
            "cam": cam[:, 0].cpu().numpy(), "cam_segments": cam_segments[:, 0].cpu().numpy(),
            "cam_iou": iou(cam_segments, masks)[:, 0].cpu().numpy()}
     if class_filters:
         chosen = np.array([class_filters.get(int(y), -1) for y in labels])  # -1: no filter focused on it
-        maps = ActivMap.maps(model, images, chosen.clip(0)).diagonal(dim1=0, dim2=1).permute(2, 0, 1)  # image i, filter i
+        maps = ActivMap.maps(forward, chosen.clip(0)).diagonal(dim1=0, dim2=1).permute(2, 0, 1)  # image i, filter i
         segments = maps >= thresholds[chosen.clip(0)].to(maps)[:, None, None]
         out.update(filters=chosen, activ=maps.cpu().numpy(), activ_segments=segments.cpu().numpy(),
                    activ_iou=iou(segments[:, None], masks)[:, 0].cpu().numpy())
@@ -72,7 +67,7 @@ def plot_cams(examples: dict[str, dict], class_names, path: Path) -> Path:
         _show(axes[0, i], first["images"][i])
         axes[0, i].set_title(class_names[int(first["labels"][i])], fontsize=7)
         _show(axes[1, i], first["masks"][i][None].astype(float))
-        for row, (label, maps) in enumerate(examples.items(), start=2):
+        for row, maps in enumerate(examples.values(), start=2):
             _overlay(axes[row, i], maps["images"][i], maps["cam"][i], maps["cam_segments"][i],
                      f"IoU {maps['cam_iou'][i]:.2f}")
     axes[1, 0].set_ylabel("ground truth", fontsize=7)
@@ -102,13 +97,17 @@ def plot_activmaps(maps: dict, class_names, label: str, path: Path) -> Path:
 
 
 def draw(runs, found, split: str, figures_dir: Path, per_class: int = 3, echo=print) -> list[Path]:
-    """Fig. 9's grid for all runs and each run's best-filter ActivMaps (when ActivMap ran)."""
+    """Fig. 9's grid for all runs (when CAM ran) and each run's best-filter ActivMaps (when
+    ActivMap ran)."""
     import ray
 
     from analysis.studies import fan_out
 
-    indices = example_indices(found.labels, per_class)
-    filters = found.tables.get("localization_filters")
+    indices = first_per_class(found.labels, per_class)
+    methods = set(found.tables["localization"]["method"])
+    if not methods & {"cam", "activmap"}:
+        return []
+    filters = found.tables["localization_filters"] if "activmap" in methods else None
     calls = {run.run_id: (example_maps, (run.checkpoint, split, indices,
                                           None if filters is None else best_filters(filters, run.run_id),
                                           found.thresholds.get(run.run_id)))
@@ -116,10 +115,12 @@ def draw(runs, found, split: str, figures_dir: Path, per_class: int = 3, echo=pr
     maps = fan_out("localize: figures", calls, progress=False,
                    num_gpus=1 if ray.cluster_resources().get("GPU", 0) else 0)
     stem = "_".join(run.run_id for run in runs)
-    first_per_class = example_indices(found.labels[indices], 1)
-    grid = {run.label: {name: value[first_per_class] if isinstance(value, np.ndarray) else value
+    one_each = first_per_class(found.labels[indices], 1)
+    grid = {run.label: {name: value[one_each] if isinstance(value, np.ndarray) else value
                         for name, value in maps[run.run_id].items()} for run in runs}
-    paths = [plot_cams(grid, found.class_names, Path(figures_dir) / f"localization_cam_{stem}.png")]
+    paths = []
+    if "cam" in methods:
+        paths.append(plot_cams(grid, found.class_names, Path(figures_dir) / f"localization_cam_{stem}.png"))
     for run in runs:
         if "filters" in maps[run.run_id]:
             paths.append(plot_activmaps(maps[run.run_id], found.class_names, run.label,

@@ -133,7 +133,7 @@ class Report:
         return section(name, study.title, body)
 
     def localization(self):
-        from analysis.localization import table2
+        from analysis.localization_metrics import table2
         from analysis.localization_plots import plot_filter_iou
 
         title = "Localization (Sec. 5.1, Table 2, Fig. 9)"

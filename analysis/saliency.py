@@ -47,15 +47,37 @@ def resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
-def gradient_maps(model, images: torch.Tensor, filters, channels: str = "max-abs") -> torch.Tensor:
+@dataclass
+class Forward:
+    """One batch's forward pass, shared by every block of filters scored on it: the input
+    (a leaf that requires grad when gradients are wanted), its labels, the last-conv map and
+    the head's weights (C, K)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    activation: torch.Tensor
+    fc_weight: torch.Tensor
+
+    @classmethod
+    def of(cls, model, images, labels, gradients: bool = False) -> Forward:
+        x = images.detach().clone().requires_grad_(gradients)
+        with torch.set_grad_enabled(gradients):
+            return cls(x, labels, model.features(x), model.fc.weight.detach())
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[-2:])
+
+
+def gradient_maps(forward: Forward, filters, channels: str = "max-abs") -> torch.Tensor:
     """(B, F, H, W): d GAP(A_k) / d input for each filter k, reduced over colour channels and
     divided by its root mean square over pixels. In eval mode the images of a batch are
-    independent, so one backward of the batch sum gives every image's gradient: F backwards."""
-    x = images.detach().clone().requires_grad_(True)
-    pooled = model.features(x).mean(dim=(2, 3))
+    independent, so one backward of the batch sum gives every image's gradient: F backwards.
+    (Batching the F backwards with `is_grads_batched` was slower on CPU.)"""
+    pooled = forward.activation.mean(dim=(2, 3))
     maps = []
-    for index, k in enumerate(filters):
-        (grad,) = torch.autograd.grad(pooled[:, int(k)].sum(), x, retain_graph=index < len(filters) - 1)
+    for k in filters:
+        (grad,) = torch.autograd.grad(pooled[:, int(k)].sum(), forward.images, retain_graph=True)
         reduced = grad.abs().amax(dim=1) if channels == "max-abs" else grad.norm(dim=1)
         rms = reduced.square().mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(torch.finfo(grad.dtype).tiny)
         maps.append(reduced / rms)
@@ -87,22 +109,26 @@ class Method:
     name = ""
     per_filter = True
     ap = 30
-    needs_thresholds = False
+    gradients = False
 
-    def segments(self, model, images, labels, filters, thresholds=None) -> torch.Tensor:
+    def forward(self, model, images, labels) -> Forward:
+        return Forward.of(model, images, labels, self.gradients)
+
+    def segments(self, forward: Forward, filters=None, thresholds=None) -> torch.Tensor:
+        """(B, F, H, W) bool segmentations of the batch by each of `filters` (CAM: F = 1)."""
         raise NotImplementedError
 
 
 class GradMap(Method):
-    name, ap = "gradmap", 20
+    name, ap, gradients = "gradmap", 20, True
 
     def __init__(self, settings: GradMapSettings = GradMapSettings()):
         self.settings = settings
 
-    def segments(self, model, images, labels, filters, thresholds=None):
+    def segments(self, forward, filters=None, thresholds=None):
         s = self.settings
-        maps = gradient_maps(model, images, filters, s.channels)
-        sigma = s.sigma * min(images.shape[-2:]) / REFERENCE_SIZE
+        maps = gradient_maps(forward, filters, s.channels)
+        sigma = s.sigma * min(forward.size) / REFERENCE_SIZE
         return gaussian_blur(maps, sigma, s.truncate) > s.threshold
 
 
@@ -110,17 +136,16 @@ class ActivMap(Method):
     """Filter k's map resized to the input, segmented at or above the top-30% value of that
     filter over the whole split (`thresholds`, (K,))."""
 
-    name, needs_thresholds = "activmap", True
+    name = "activmap"
 
     @staticmethod
-    def maps(model, images, filters) -> torch.Tensor:
-        index = torch.tensor(np.asarray(filters), dtype=torch.long, device=images.device)
-        with torch.no_grad():
-            return resize(model.features(images)[:, index], images.shape[-2:])
+    def maps(forward: Forward, filters) -> torch.Tensor:
+        index = torch.tensor(np.asarray(filters), dtype=torch.long, device=forward.activation.device)
+        return resize(forward.activation[:, index], forward.size)
 
-    def segments(self, model, images, labels, filters, thresholds=None):
+    def segments(self, forward, filters=None, thresholds=None):
         index = torch.tensor(np.asarray(filters), dtype=torch.long)
-        return self.maps(model, images, filters) >= thresholds[index].to(images)[None, :, None, None]
+        return self.maps(forward, filters) >= thresholds[index].to(forward.images)[None, :, None, None]
 
 
 class CAM(Method):
@@ -130,14 +155,13 @@ class CAM(Method):
     top = 0.3
 
     @staticmethod
-    def maps(model, images, labels) -> torch.Tensor:
+    def maps(forward: Forward) -> torch.Tensor:
         """(B, 1, H, W) class activation maps of each image's labelled class."""
-        with torch.no_grad():
-            weights = model.fc.weight[labels.to(images.device)]
-            return resize(torch.einsum("bkhw,bk->bhw", model.features(images), weights)[:, None], images.shape[-2:])
+        weights = forward.fc_weight[forward.labels.to(forward.activation.device)]
+        return resize(torch.einsum("bkhw,bk->bhw", forward.activation, weights)[:, None], forward.size)
 
-    def segments(self, model, images, labels, filters=None, thresholds=None):
-        cam = self.maps(model, images, labels)
+    def segments(self, forward, filters=None, thresholds=None):
+        cam = self.maps(forward)
         flat = cam.flatten(1)
         keep = max(1, int(flat.shape[1] * self.top))
         cut = flat.kthvalue(flat.shape[1] - keep + 1, dim=1).values

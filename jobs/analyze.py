@@ -150,6 +150,8 @@ def localize_flags(parser):
     parser.add_argument("--shards", type=int, default=2, help="Ray tasks per (run, method), each a slice of images")
     parser.add_argument("--filter-block", type=int, default=512, help="GradMap filters per Ray task")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch in a task")
+    parser.add_argument("--per-class", type=int, help="score at most this many images of each class (the first "
+                                                      "ones; default: all)")
     parser.add_argument("--examples", type=int, default=3, help="images per class in the figures")
 
 
@@ -204,26 +206,29 @@ def gradmap_settings(parser, args) -> GradMapSettings:
 
 
 def localize_main(parser, args):
-    from analysis.localization import localize, table2
+    from analysis.localization import localize
+    from analysis.localization_metrics import table2
     from analysis.localization_plots import draw
-    from analysis.studies import labelled, write_tables
+    from analysis.studies import write_tables
 
     store = ResultStore(args.results)
     runs = resolved(parser, store, args.runs, args.checkpoint)
     settings = gradmap_settings(parser, args)
-    if min(args.shards, args.filter_block, args.batch_size, args.examples) < 1:
-        parser.error("--shards, --filter-block, --batch-size and --examples must be >= 1")
+    per_class = 1 if args.per_class is None else args.per_class
+    if min(args.shards, args.filter_block, args.batch_size, args.examples, per_class) < 1:
+        parser.error("--shards, --filter-block, --batch-size, --per-class and --examples must be >= 1")
     init_ray()
     try:
-        found = localize(runs, args.methods, args.split, settings, args.shards, args.filter_block, args.batch_size)
+        found = localize(runs, args.methods, args.split, settings, args.shards, args.filter_block, args.batch_size,
+                         args.per_class)
     except StudyError as exc:
         parser.error(str(exc))
     write_tables(store, found.tables)
     labels = {run.run_id: run.label for run in runs}
-    print(f"\nlocalization on the {args.split} split, as Table 2 (GradMap: {settings})")
+    print(f"\nlocalization of {len(found.scored)} images of the {args.split} split, as Table 2 (GradMap: {settings})")
     print(table2(found.tables["localization"], labels).to_string(float_format="{:.4f}".format))
     for (run_id, method), seconds in found.seconds.items():
-        print(f"{labels[run_id]} {method}: {seconds:.1f} s in tasks, {1000 * seconds / len(found.labels):.2f} ms "
+        print(f"{labels[run_id]} {method}: {seconds:.1f} s in tasks, {1000 * seconds / len(found.scored):.2f} ms "
               f"per image")
     draw(runs, found, args.split, Path(args.results) / "figures", args.examples)
     return found

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.localization import (Statistics, class_rows_from_filters, class_rows_from_images, focus_classes,
-                                   has_gap_linear_head, score)
-from analysis.saliency import (AUTHORS, BIN_RATIO, CAM, TEXT, ActivMap, GradMap, activation_histogram,
-                               gaussian_blur, gradient_maps, iou, top_thresholds)
+from analysis.localization import Statistics, first_per_class, has_gap_linear_head, score
+from analysis.localization_metrics import class_rows_from_filters, class_rows_from_images, focus_classes, method_tables
+from analysis.saliency import (AUTHORS, BIN_RATIO, CAM, TEXT, ActivMap, GradMap, activation_histogram, gaussian_blur,
+                               gradient_maps, iou, top_thresholds)
+from analysis.studies import Run
 from csg.models import GatedClassifier
 from tests.helpers import job_main, readme_columns, written_columns
 
@@ -81,7 +82,8 @@ def test_activmap_of_a_filter_that_indicates_a_region_localizes_it_exactly():
     images = torch.stack([regions.float(), torch.rand(8, 16, 16)], dim=1)  # channel 1: noise
     model = ChannelsAsFilters(2, 2).eval()
     thresholds = top_thresholds(activation_histogram(model.features(images)))
-    segments = ActivMap().segments(model, images, torch.zeros(8, dtype=torch.long), [0, 1], thresholds)
+    forward = ActivMap().forward(model, images, torch.zeros(8, dtype=torch.long))
+    segments = ActivMap().segments(forward, [0, 1], thresholds)
     assert iou(segments, regions)[:, 0].tolist() == [1.0] * 8
     assert iou(segments, regions)[:, 1].max() < 0.9
 
@@ -92,7 +94,7 @@ def test_gradmap_of_a_linear_model_is_its_weights_normalised():
     model = PixelwiseLinear(weight).eval()
     images = torch.rand(4, 2, 8, 8)
     for channels, reduce in (("l2", lambda w: w.norm(dim=0)), ("max-abs", lambda w: w.abs().amax(dim=0))):
-        maps = gradient_maps(model, images, [0, 2], channels)
+        maps = gradient_maps(GradMap().forward(model, images, torch.zeros(4, dtype=torch.long)), [0, 2], channels)
         for position, k in enumerate((0, 2)):
             expected = reduce(weight[k])
             expected = expected / expected.square().mean().sqrt()
@@ -116,8 +118,8 @@ def test_cam_of_the_labelled_class_finds_the_region_its_filters_fire_on():
     model = ChannelsAsFilters(2, 2).eval()
     with torch.no_grad():
         model.fc.weight.copy_(torch.eye(2))
-    right = CAM().segments(model, images, torch.tensor([0, 1]))
-    wrong = CAM().segments(model, images, torch.tensor([1, 0]))
+    right = CAM().segments(CAM().forward(model, images, torch.tensor([0, 1])))
+    wrong = CAM().segments(CAM().forward(model, images, torch.tensor([1, 0])))
     assert iou(right, masks)[:, 0].tolist() == [1.0, 1.0]
     assert iou(wrong, masks)[:, 0].max() < 0.3
 
@@ -150,6 +152,20 @@ def test_score_sums_per_filter_and_per_image_and_top_filters_scoring_averages_th
                   top_sets=np.array([[True, False], [False, True]]))
     assert tally.iou_sum.tolist() == [[1.0, 1.0], [0.0, 0.0]] and tally.hits[30].tolist() == [[1, 1], [0, 0]]
     assert tally.image_iou_sum.tolist() == [1.0, 0.0] and tally.image_scored.tolist() == [1, 1]
+    run = Run("r", "csg", 2, 2, "/nowhere", "digits-scenes")
+    filters, classes = method_tables(run, ActivMap(), tally, labels.numpy(), ["a", "b"],
+                                     top_sets=np.array([[True, False], [False, True]]))
+    assert filters[["filter", "class", "focus"]].values.tolist() == [[0, 0, True], [1, 1, True]]
+    one_class = score(model, ActivMap(), [(images[:1], labels[:1], masks[:1], torch.tensor([0]))], [0, 1], 2,
+                      thresholds, top_sets=np.array([[True, False], [False, True]]))
+    assert one_class.iou_sum.tolist() == [[1.0, 0.0], [0.0, 0.0]]  # filter 1 serves class 1 only: not computed
+    assert classes.set_index("class")["avg_iou"].to_dict() == {"a": 1.0, "b": 0.0, "total": 0.5}
+
+
+def test_images_are_scored_in_label_order_and_at_most_per_class():
+    labels = np.array([2, 0, 1, 0, 2, 0])
+    assert first_per_class(labels).tolist() == [1, 3, 5, 2, 0, 4]
+    assert first_per_class(labels, 2).tolist() == [1, 3, 2, 0, 4]
 
 
 def test_a_model_whose_head_is_not_gap_then_linear_has_no_cam():
@@ -173,6 +189,7 @@ BAD = {
     "unknown method": (["--methods", "saliency"], "--methods"),
     "authors settings with an explicit sigma": (["--authors-settings", "--sigma", "3"], "--authors-settings"),
     "no shards": (["--shards", "0"], "--shards"),
+    "no images per class": (["--per-class", "0"], "--per-class"),
 }
 
 
@@ -203,14 +220,14 @@ def test_localize_scores_csg_and_std_on_digits_scenes_and_writes_both_tables(ray
     common = ["--dataset", "digits-scenes", "--epochs", "3", "--results", str(tmp_path)]
     csg = train([*common, "--method", "csg", "--run-id", "csg"])
     std = train([*common, "--method", "std", "--run-id", "std"])
-    found = job_main("analyze")(["localize", "--results", str(tmp_path), "--runs", csg["run_id"], std["run_id"],
-                                 "--shards", "2", "--filter-block", "40", "--examples", "2"])
+    job_main("analyze")(["localize", "--results", str(tmp_path), "--runs", csg["run_id"], std["run_id"],
+                        "--shards", "2", "--filter-block", "40", "--examples", "2", "--per-class", "12"])
     classes = pd.read_parquet(tmp_path / "localization")
     assert set(zip(classes["run_id"].astype(str), classes["method"])) == \
         {(run, method) for run in ("csg", "std") for method in ("gradmap", "activmap", "cam")}
     assert list(classes.loc[classes["method"] == "cam", "class"].unique()) == [*map(str, range(10)), "total"]
     cam_total = classes[(classes["method"] == "cam") & (classes["class"] == "total")]
-    assert cam_total["n_images"].tolist() == [len(found.labels)] * 2 and cam_total["avg_iou"].between(0, 1).all()
+    assert cam_total["n_images"].tolist() == [120] * 2 and cam_total["avg_iou"].between(0, 1).all()
     filters = pd.read_parquet(tmp_path / "localization_filters")
     focused = filters[filters["focus"]].groupby(["run_id", "method"], observed=True)["filter"].nunique()
     assert focused.tolist() == [64] * 4  # gradmap and activmap: every filter has one focus class, per run
