@@ -85,13 +85,17 @@ class DivergedError(RuntimeError):
 
 
 class RankSync:
-    """How ranks agree during an epoch. One process needs no agreement: these are no-ops."""
+    """How ranks agree during an epoch. One process needs no agreement."""
 
     def average_grad(self, param: torch.Tensor) -> None:
         pass
 
-    def any(self, flag: bool) -> bool:
-        return flag
+    def any_nonfinite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is NaN or inf on any rank: the step's one host synchronisation."""
+        return not bool(torch.isfinite(loss))
+
+
+LOSS_TERMS = ("total", "ce_std", "ce_csg", "sparsity")
 
 
 @dataclass
@@ -119,12 +123,15 @@ def train_one_epoch(
 ) -> EpochStats:
     """Train one epoch on `path`; returns this rank's mean losses and accuracy.
 
-    A non-finite loss on any rank stops every rank at the same step (a lone rank raising
-    would leave the others waiting in the gradient all-reduce).
+    A non-finite loss on any rank stops every rank at the same step, before it reaches the
+    weights or G (a lone rank raising would leave the others waiting in the gradient
+    all-reduce). That check is the step's only host synchronisation: losses and the accuracy
+    count are summed on the device and read once, at the end of the epoch.
     """
     model.train()
-    sums = {"total": 0.0, "ce_std": 0.0, "ce_csg": 0.0, "sparsity": 0.0}
-    correct = seen = 0
+    zero = torch.zeros((), device=device)
+    sums = torch.zeros(len(LOSS_TERMS) + 1, dtype=torch.float64, device=device)  # the terms, then correct
+    seen = 0
     start = time.perf_counter()
     for step, (images, labels) in enumerate(loader):
         images = images.to(device, non_blocking=True)
@@ -147,7 +154,7 @@ def train_one_epoch(
             loss = cfg.lambda1 * terms["ce_csg"] + cfg.lambda2 * terms["sparsity"]
             if path == "joint":
                 loss = loss + terms["ce_std"]
-        if sync.any(not torch.isfinite(loss).item()):
+        if sync.any_nonfinite(loss):
             raise DivergedError(f"loss is not finite at epoch {epoch}, step {step} ({path} path)")
         loss.backward()
         if path != "std" and gate.learnable:
@@ -158,19 +165,15 @@ def train_one_epoch(
             optimizer.step()
         n = labels.numel()
         seen += n
-        correct += int((logits.argmax(1) == labels).sum())
-        sums["total"] += loss.item() * n
-        for name, value in terms.items():
-            sums[name] += value.item() * n
-    stats = EpochStats(
-        loss_total=sums["total"] / max(seen, 1),
-        train_acc=correct / max(seen, 1),
-        seconds=time.perf_counter() - start,
-        samples=seen,
-    )
-    for name in ("ce_std", "ce_csg", "sparsity"):
+        terms["total"] = loss
+        with torch.no_grad():
+            sums[:-1] += torch.stack([terms.get(name, zero).detach().double() for name in LOSS_TERMS]) * n
+            sums[-1] += (logits.argmax(1) == labels).sum()
+    totals = (sums / max(seen, 1)).tolist()  # the epoch's one read of the sums
+    stats = EpochStats(loss_total=totals[0], train_acc=totals[-1], seconds=time.perf_counter() - start, samples=seen)
+    for index, name in enumerate(LOSS_TERMS[1:], start=1):
         used = name == "ce_std" and path != "csg" or name != "ce_std" and path != "std"
-        setattr(stats, f"loss_{name}", sums[name] / max(seen, 1) if used else math.nan)
+        setattr(stats, f"loss_{name}", totals[index] if used else math.nan)
     return stats
 
 
@@ -178,12 +181,12 @@ def train_one_epoch(
 def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[int, int]:
     """(correct, total) on the STD path: testing never uses the gate."""
     model.eval()
-    correct = total = 0
+    correct, total = torch.zeros((), dtype=torch.long, device=device), 0
     for images, labels in loader:
-        logits = model(images.to(device))
-        correct += int((logits.argmax(1).cpu() == labels).sum())
+        logits = model(images.to(device, non_blocking=True))
+        correct += (logits.argmax(1) == labels.to(device, non_blocking=True)).sum()
         total += labels.numel()
-    return correct, total
+    return int(correct), total
 
 
 class _ConvOutputs:

@@ -151,10 +151,10 @@ class DistributedSync(engine.RankSync):
         dist.all_reduce(param.grad)
         param.grad.div_(dist.get_world_size())
 
-    def any(self, flag: bool) -> bool:
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+    def any_nonfinite(self, loss: torch.Tensor) -> bool:
+        flag = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 def _global_accuracy(model, loader, device, world) -> float:

@@ -130,3 +130,31 @@ def test_evaluate_and_features_use_the_std_path():
     out = engine.gap_features(model, loader, torch.device("cpu"))
     assert total == 32 and out["features"].shape == (32, 64)
     assert correct == int((out["predictions"] == out["labels"]).sum())
+
+
+@pytest.mark.parametrize("path", ["std", "csg", "joint"])
+def test_a_step_reads_the_device_once_and_the_epoch_once_more(path):
+    from csg.host_syncs import HostSyncCounter
+
+    cfg, model, gate, opts = _setup(scheme="joint" if path == "joint" else "alternate")
+    loader = _toy()
+    with HostSyncCounter() as syncs:
+        stats = engine.train_one_epoch(model, gate, loader, path, opts[path], cfg, 64.0, torch.device("cpu"))
+    assert syncs.total == len(loader) + 1, syncs.sites  # the divergence check per step, the sums per epoch
+    assert len(syncs.sites) == 2 and 0 < stats.train_acc <= 1
+
+
+def test_a_non_finite_loss_never_reaches_the_weights():
+    cfg, model, gate, opts = _setup()
+    x = torch.rand(16, 1, 8, 8)
+    x[9] = float("nan")
+    reference = build_model("resnet20", 3, in_channels=1, mean=(0.5,), std=(0.3,))
+    reference.load_state_dict(model.state_dict())
+    ref_opts = engine.build_optimizers(reference, None, cfg)
+    engine.train_one_epoch(reference, None, DataLoader(TensorDataset(x[:8], torch.arange(8) % 3), batch_size=8), "std",
+                           ref_opts["std"], cfg, 64.0, torch.device("cpu"))
+    with pytest.raises(engine.DivergedError):
+        engine.train_one_epoch(model, gate, DataLoader(TensorDataset(x, torch.arange(16) % 3), batch_size=8), "std",
+                               opts["std"], cfg, 64.0, torch.device("cpu"))
+    for (name, mine), theirs in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(mine, theirs), name  # step 0 applied, the NaN step 1 not
