@@ -51,6 +51,7 @@ HELP = {
     "workers": "Ray Train workers (DDP ranks)",
     "gpu": "GPUs for the workers, NCCL backend (gloo on CPU otherwise)",
     "gpus_per_worker": "with --gpu: GPUs each worker asks Ray for (a fraction packs several on one GPU)",
+    "cpus_per_worker": "CPUs each worker asks Ray for; its torch threads are set to match",
     "loader_workers": "DataLoader processes per worker",
     "skip_bad_images": "skip (and count, in the epochs table) ImageFolder files that cannot be decoded",
     "results": "results root: a local path or a pyarrow filesystem URI",

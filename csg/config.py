@@ -55,6 +55,7 @@ class TrainConfig:
     workers: int = 1
     gpu: bool = False
     gpus_per_worker: float = 1.0
+    cpus_per_worker: int = 1
     loader_workers: int = 0
     skip_bad_images: bool = False
     results: str = "results"
@@ -136,7 +137,7 @@ def validate(cfg: TrainConfig) -> data_lib.DatasetInfo:
         value = getattr(cfg, name)
         if value not in allowed:
             _fail(name, f"must be one of {', '.join(allowed)}", value)
-    for name in ("epochs", "batch_size", "period", "workers", "image_size", "mi_neighbors"):
+    for name in ("epochs", "batch_size", "period", "workers", "cpus_per_worker", "image_size", "mi_neighbors"):
         if getattr(cfg, name) < 1:
             _fail(name, "must be >= 1", getattr(cfg, name))
     for name in ("warmup", "loader_workers", "keep_checkpoints", "max_failures", "weight_decay", "momentum"):

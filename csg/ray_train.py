@@ -35,6 +35,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    torch.set_num_threads(cfg.cpus_per_worker)  # the cores Ray gave this worker, no more
     torch.manual_seed(cfg.seed)
 
     info = data_lib.describe(cfg.dataset, cfg.data)
@@ -192,11 +193,13 @@ def _check_gate_identical(gate: ClassSpecificGate, epoch: int) -> None:
 
 
 def scaling_config(cfg: TrainConfig) -> ScalingConfig:
-    """`--workers` ranks; with `--gpu`, each asks for `--gpus-per-worker` GPUs (a fraction
-    lets several runs of a sweep share one)."""
+    """`--workers` ranks of `--cpus-per-worker` CPUs; with `--gpu`, each also asks for
+    `--gpus-per-worker` GPUs (a fraction lets several runs of a sweep share one)."""
+    cpus = {"CPU": cfg.cpus_per_worker}
     if not cfg.gpu:
-        return ScalingConfig(num_workers=cfg.workers)
-    return ScalingConfig(num_workers=cfg.workers, use_gpu=True, resources_per_worker={"GPU": cfg.gpus_per_worker})
+        return ScalingConfig(num_workers=cfg.workers, resources_per_worker=cpus)
+    return ScalingConfig(num_workers=cfg.workers, use_gpu=True,
+                         resources_per_worker={**cpus, "GPU": cfg.gpus_per_worker})
 
 
 def fit(cfg: TrainConfig, run_id: str, callbacks=()) -> tuple[dict, ray.train.Result]:

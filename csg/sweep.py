@@ -268,7 +268,7 @@ def _fitting_trials(base: TrainConfig) -> int:
     import ray
 
     resources = ray.cluster_resources()
-    kind, need = ("GPU", base.gpus_per_worker) if base.gpu else ("CPU", 1.0)
+    kind, need = ("GPU", base.gpus_per_worker) if base.gpu else ("CPU", base.cpus_per_worker)
     return max(1, int(resources.get(kind, 1) // (need * base.workers)))
 
 

@@ -45,8 +45,13 @@ def test_trial_workers_share_the_trial_gpus():
     cfg = trial_config(TrainConfig(method="std"), workers=2, gpus=1)
     assert (cfg.method, cfg.workers, cfg.gpu, cfg.gpus_per_worker) == ("csg", 2, True, 0.5)
     scaling = scaling_config(cfg)
-    assert scaling.num_workers == 2 and scaling.use_gpu and scaling.resources_per_worker == {"GPU": 0.5}
+    assert scaling.num_workers == 2 and scaling.use_gpu and scaling.resources_per_worker == {"CPU": 1, "GPU": 0.5}
     assert not scaling_config(trial_config(TrainConfig(), workers=2, gpus=0)).use_gpu
+
+
+def test_a_worker_asks_for_its_cpus():
+    scaling = scaling_config(TrainConfig(workers=1, cpus_per_worker=2))
+    assert scaling.num_workers == 1 and not scaling.use_gpu and scaling.resources_per_worker == {"CPU": 2}
 
 
 def test_search_space_pairs_csg_epochs_with_periods_that_allow_them():
