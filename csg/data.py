@@ -322,6 +322,18 @@ class MaskFolder(Dataset):
                                 f"is {image.size[0]}x{image.size[1]}")
 
 
+def loader_options(loader_workers: int, seed: int, rank: int, pin_memory: bool) -> dict:
+    """DataLoader keywords for training: workers kept alive across epochs and prefetching,
+    pinned memory on a GPU (the engine copies with non_blocking), and each rank's workers
+    seeded from (seed, rank): PyTorch derives every worker's torch, random and numpy seeds
+    from it, so augmentation differs across workers and ranks yet repeats from run to run."""
+    options = dict(num_workers=loader_workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad,
+                   generator=torch.Generator().manual_seed(seed * 10_007 + rank))
+    if loader_workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=4)
+    return options
+
+
 def collate_skipping_bad(batch):
     """Default collation of the samples that decoded; skipped ones arrive as None."""
     return default_collate([sample for sample in batch if sample is not None])

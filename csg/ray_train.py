@@ -41,8 +41,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     info = data_lib.describe(cfg.dataset, cfg.data)
     train_set, test_set = data_lib.load(cfg.dataset, cfg.data, cfg.image_size, cfg.skip_bad_images, cfg.train_crop)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    loader_kw = dict(num_workers=cfg.loader_workers, pin_memory=device.type == "cuda",
-                     collate_fn=data_lib.collate_skipping_bad)
+    loader_kw = data_lib.loader_options(cfg.loader_workers, cfg.seed, rank, device.type == "cuda")
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size // world, sampler=sampler, **loader_kw)
     # Each rank scores a disjoint slice of the test set; the counts are summed, so no padding.
     test_shard = Subset(test_set, range(rank, len(test_set), world))

@@ -60,3 +60,29 @@ def test_padded_crop_keeps_the_whole_square_image_shifted_at_most_an_eighth(tmp_
     zero_rows = (images.sum(dim=(1, 3)) == 0).sum(dim=1)  # padding shows as black rows
     assert zero_rows.max() <= 4 and zero_rows.max() > 0
     assert PRESETS["voc-resnet152"]["train_crop"] == "padded"
+
+
+class _RandomAugmentation(torch.utils.data.Dataset):
+    """Each item is a draw of torch's and numpy's generators, as a random augmentation makes."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return torch.tensor([torch.rand(()).item(), float(np.random.rand())])
+
+
+def _draws(rank: int) -> torch.Tensor:
+    options = data.loader_options(2, seed=7, rank=rank, pin_memory=False)
+    options.pop("collate_fn")
+    loader = torch.utils.data.DataLoader(_RandomAugmentation(), batch_size=1, **options)
+    return torch.cat(list(loader))
+
+
+def test_loader_workers_draw_differently_per_worker_and_rank_and_repeat_across_runs():
+    rank0, again, rank1 = _draws(0), _draws(0), _draws(1)
+    assert torch.equal(rank0, again)
+    assert not torch.equal(rank0, rank1)
+    assert len(set(rank0[:, 0].tolist())) == 4 and len(set(rank0[:, 1].tolist())) == 4  # numpy too
+    assert data.loader_options(2, 7, 0, True)["persistent_workers"]
+    assert "persistent_workers" not in data.loader_options(0, 7, 0, False)
