@@ -112,12 +112,10 @@ def score(model, method, loader, filters, num_classes: int, thresholds=None, top
     filters = np.asarray(filters if method.per_filter else [], dtype=np.int64)
     f = len(filters)
     iou_sum, hits = np.zeros((f, num_classes)), {level: np.zeros((f, num_classes)) for level in AP_LEVELS}
-    images_per_class = np.zeros(num_classes)
     indices, image_sums, image_scored = [], [], []
     for images, labels, masks, index in loader:
         images, masks = images.to(device), masks.to(device)
         onehot = np.eye(num_classes)[labels.numpy()]  # (B, C)
-        images_per_class += onehot.sum(0)
         indices.append(index.numpy())
         forward = method.forward(model, images, labels)
         if not method.per_filter:
@@ -143,8 +141,7 @@ def score(model, method, loader, filters, num_classes: int, thresholds=None, top
         image_sums.append(sums)
         image_scored.append(scored)
     cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0))
-    return Tally(filters, iou_sum, hits, images_per_class, cat(indices).astype(np.int64), cat(image_sums),
-                 cat(image_scored))
+    return Tally(filters, iou_sum, hits, cat(indices).astype(np.int64), cat(image_sums), cat(image_scored))
 
 
 def has_gap_linear_head(model: nn.Module) -> bool:
@@ -250,7 +247,7 @@ def localize(runs: list[Run], method_names, split: str = "test", settings: GradM
         for name in method_names:
             method, top_sets = context[run.run_id, name]
             total = merge([t for key, t in tallies.items() if key[:2] == (run.run_id, name)],
-                          run.num_filters, labels, run.num_classes, scored)
+                          run.num_filters, run.num_classes, len(labels), scored)
             filters, classes = method_tables(run, method, total, labels[scored], names, top_sets)
             filter_frames += [filters] if filters is not None else []
             class_frames.append(classes)

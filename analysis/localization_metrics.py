@@ -17,13 +17,12 @@ AP_LEVELS = (20, 30)
 @dataclass
 class Tally:
     """Additive sums of one task: `filters` (F,), per (filter, class) `iou_sum` and `hits`
-    (AP level -> count of IoU >= level%), `images` (C,) per class; per image of the shard
-    (`image_index`) the IoU summed over its scoring filters and their number."""
+    (AP level -> count of IoU >= level%); per image of the shard (`image_index`) the IoU
+    summed over its scoring filters and their number."""
 
     filters: np.ndarray
     iou_sum: np.ndarray
     hits: dict
-    images: np.ndarray
     image_index: np.ndarray
     image_iou_sum: np.ndarray
     image_scored: np.ndarray
@@ -38,16 +37,17 @@ def focus_classes(frame: pd.DataFrame, level: int) -> pd.Series:
     return pd.Series(frame.index.isin(best), index=frame.index)
 
 
-def filter_rows(total: Tally, level: int, top_sets=None) -> pd.DataFrame:
-    """One row per (scored filter, class with images): Avg-IoU, AP20, AP30 and `focus`, the
-    filter's focus class; with `top_sets`, only the pairs of a class and one of its top
-    filters (the others were not computed on every image of the class), all `focus`."""
-    classes = np.flatnonzero(total.images > 0)
+def filter_rows(total: Tally, images: np.ndarray, level: int, top_sets=None) -> pd.DataFrame:
+    """One row per (scored filter, class with images; `images` (C,) counts them): Avg-IoU,
+    AP20, AP30 and `focus`, the filter's focus class; with `top_sets`, only the pairs of a
+    class and one of its top filters (the others were not computed on every image of the
+    class), all `focus`."""
+    classes = np.flatnonzero(images > 0)
     filters, cls = np.meshgrid(total.filters, classes, indexing="ij")
     frame = pd.DataFrame({"filter": filters.ravel(), "class": cls.ravel(),
-                          "avg_iou": (total.iou_sum[:, classes] / total.images[classes]).ravel()})
+                          "avg_iou": (total.iou_sum[:, classes] / images[classes]).ravel()})
     for level_ in AP_LEVELS:
-        frame[f"ap{level_}"] = (total.hits[level_][:, classes] / total.images[classes]).ravel()
+        frame[f"ap{level_}"] = (total.hits[level_][:, classes] / images[classes]).ravel()
     if top_sets is not None:
         return frame[top_sets[frame["class"], frame["filter"]]].assign(focus=True).reset_index(drop=True)
     frame["focus"] = focus_classes(frame, level).to_numpy()
@@ -79,12 +79,12 @@ def class_rows_from_images(image_iou: np.ndarray, labels: np.ndarray, class_name
     return pd.DataFrame(rows)
 
 
-def merge(tallies: list[Tally], num_filters: int, labels: np.ndarray, num_classes: int, scored: np.ndarray) -> Tally:
+def merge(tallies: list[Tally], num_filters: int, num_classes: int, num_images: int, scored: np.ndarray) -> Tally:
     """Sum task tallies (shards of images, blocks of filters) into one over the `scored` images
-    of a split whose labels are `labels`; per-image arrays follow the order of `scored`."""
+    of a split of `num_images`; per-image arrays follow the order of `scored`."""
     iou_sum = np.zeros((num_filters, num_classes))
     hits = {level: np.zeros((num_filters, num_classes)) for level in AP_LEVELS}
-    image_sums, image_scored = np.zeros(len(labels)), np.zeros(len(labels))
+    image_sums, image_scored = np.zeros(num_images), np.zeros(num_images)
     scored_filters = set()
     for tally in tallies:
         iou_sum[tally.filters] += tally.iou_sum
@@ -94,15 +94,16 @@ def merge(tallies: list[Tally], num_filters: int, labels: np.ndarray, num_classe
         np.add.at(image_scored, tally.image_index, tally.image_scored)
         scored_filters.update(tally.filters.tolist())
     filters = np.array(sorted(scored_filters), dtype=np.int64)
-    return Tally(filters, iou_sum[filters], {level: h[filters] for level, h in hits.items()},
-                 np.bincount(labels[scored], minlength=num_classes).astype(float), scored, image_sums[scored],
-                 image_scored[scored], sum(t.seconds for t in tallies))
+    return Tally(filters, iou_sum[filters], {level: h[filters] for level, h in hits.items()}, scored,
+                 image_sums[scored], image_scored[scored], sum(t.seconds for t in tallies))
 
 
 def method_tables(run: Run, method, total: Tally, labels: np.ndarray, class_names, top_sets=None):
-    """(localization_filters rows, localization rows) of one run and method."""
+    """(localization_filters rows, localization rows) of one run and method; `labels` are
+    those of the scored images, in `total`'s order."""
     per_image = not method.per_filter or top_sets is not None
-    filters = filter_rows(total, method.ap, top_sets) if method.per_filter else None
+    images = np.bincount(labels, minlength=len(class_names)).astype(float)
+    filters = filter_rows(total, images, method.ap, top_sets) if method.per_filter else None
     if per_image:
         image_iou = total.image_iou_sum / np.maximum(total.image_scored, 1)
         classes = class_rows_from_images(image_iou, labels, class_names)
