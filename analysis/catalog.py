@@ -43,9 +43,11 @@ def check(name: str, runs, store, given: dict) -> dict:
 
 
 def run_studies(store, runs, requests: dict[str, dict], split: str = "test", figures_dir=None,
-                figure_options: dict[str, dict] | None = None, echo=print, skip_refused=False) -> dict[str, dict]:
+                figure_options: dict[str, dict] | None = None, echo=print, skip_refused=False,
+                list_figures=True) -> dict[str, dict]:
     """Run each requested study (name -> checked options) on `runs`, reading every run's arrays
-    once: write its tables, print its summary, save its figures under `figures_dir`. A study's
+    once: write its tables, print its summary, save its figures under `figures_dir` (and name
+    each, with `list_figures`). A study's
     tables are written only once all its tasks have succeeded. A study that refuses the runs
     (a StudyError: e.g. a gate still so dense that masking a class masks every filter) raises,
     or with `skip_refused` is reported in one line and left out."""
@@ -70,6 +72,7 @@ def run_studies(store, runs, requests: dict[str, dict], split: str = "test", fig
         for figure, plot in study.figures.items() if figures_dir is not None else ():
             path = Path(figures_dir) / f"{figure}_{stem}.png"
             plot(tables, labels, path, **(figure_options or {}).get(figure, {}))
-            echo(f"figure: {path}")
+            if list_figures:
+                echo(f"figure: {path}")
         done[name] = tables
     return done

@@ -63,8 +63,8 @@ class MaskedSplit(torch.utils.data.Dataset):
 def open_split(cfg, split: str, indices, batch_size: int):
     from csg import data as data_lib
 
-    images = data_lib.evaluation_set(cfg.dataset, cfg.data, split, cfg.image_size)
-    masks = data_lib.evaluation_masks(cfg.dataset, split, cfg.data, cfg.image_size)
+    images = data_lib.evaluation_set(cfg.dataset, cfg.data, split, cfg.image_size, augment=cfg.augment)
+    masks = data_lib.evaluation_masks(cfg.dataset, split, cfg.data, cfg.image_size, cfg.augment)
     return torch.utils.data.DataLoader(MaskedSplit(images, masks, indices), batch_size=batch_size)
 
 
@@ -164,8 +164,8 @@ def check_runs(runs: list[Run], methods, split: str) -> dict:
             raise StudyError(f"--methods cam: run {run.run_id}'s model does not end in global average pooling "
                              f"and one linear layer")
         try:
-            images = data_lib.evaluation_set(cfg.dataset, cfg.data, split, cfg.image_size)
-            masks = data_lib.evaluation_masks(cfg.dataset, split, cfg.data, cfg.image_size)
+            images = data_lib.evaluation_set(cfg.dataset, cfg.data, split, cfg.image_size, augment=cfg.augment)
+            masks = data_lib.evaluation_masks(cfg.dataset, split, cfg.data, cfg.image_size, cfg.augment)
             if hasattr(masks, "check_sizes"):
                 masks.check_sizes()
         except data_lib.DataError as exc:

@@ -82,7 +82,7 @@ def extract_features(checkpoint, split="test", all_layers=False, shards=1, batch
 def checkpoint_split(checkpoint, split):
     """A checkpoint's data split ("train" or "test") as the model is evaluated on it."""
     _, cfg, _ = restore_model(checkpoint)
-    return data_lib.evaluation_set(cfg.dataset, cfg.data, split, cfg.image_size, cfg.skip_bad_images)
+    return data_lib.evaluation_set(cfg.dataset, cfg.data, split, cfg.image_size, cfg.skip_bad_images, cfg.augment)
 
 
 def _extract_shard(checkpoint, split, all_layers, bounds, batch_size):

@@ -142,7 +142,7 @@ class Report:
         if "localization" not in tables and not datasets & {"digits-scenes", "imagefolder"}:
             return section("localization", title, f"<p>Needs object masks, which {', '.join(sorted(datasets))} "
                                                   f"lacks: train on digits-scenes or an ImageFolder tree with "
-                                                  f"masks/ (see the README).</p>")
+                                                  f"masks/ (see docs/training.md, Data).</p>")
         if "localization" not in tables:
             return section("localization", title, missing(self.command("localize")))
         done = [r for r in self.ids if (tables["localization"]["run_id"].astype(str) == r).any()]

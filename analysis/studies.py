@@ -115,7 +115,7 @@ def load_run_arrays(checkpoint: str, split: str = "test", batch_size: int = 256)
 
     state = ckpt_lib.read(checkpoint)
     model, cfg, _ = ckpt_lib.restore_model(checkpoint, state)
-    dataset = data_lib.evaluation_set(cfg.dataset, cfg.data, split, cfg.image_size, cfg.skip_bad_images)
+    dataset = data_lib.evaluation_set(cfg.dataset, cfg.data, split, cfg.image_size, cfg.skip_bad_images, cfg.augment)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=data_lib.collate_skipping_bad)
     extracted = gap_features(model.to(device), loader, device)

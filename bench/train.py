@@ -4,6 +4,7 @@ Train, host synchronisations per step, and the ImageFolder loader against the mo
 
     python bench/train.py                                  # this CPU: ResNet-20 at 32 px, a few minutes
     python bench/train.py --device cuda --model resnet18 --image-size 224 --batch-size 256
+    python bench/train.py --device cuda --amp bf16 --channels-last --steps-only   # the step's fast paths
 
 Steps run on the same synthetic batches (no disk); each figure is the median over `--steps`
 timed steps after `--warmup` untimed ones. The last line is the summary.
@@ -30,6 +31,7 @@ from csg.config import TrainConfig
 from csg.gate import ClassSpecificGate
 from csg.host_syncs import HostSyncCounter
 from csg.models import build_model
+from csg.precision import Precision, resolve_amp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,14 +53,17 @@ def stepper(args, path: str, gate_class=ClassSpecificGate):
     """One engine step (forward, backward, optimizer, projection) on `path`, ready to call."""
     torch.manual_seed(0)
     cfg = TrainConfig(method="std" if path == "std" else "csg", lr=0.05, epochs=10)
-    model = build_model(args.model, args.classes, 3).to(args.device)
-    gate = None if path == "std" else gate_class(args.classes, model.num_filters).to(args.device)
+    device = torch.device(args.device)
+    precision = Precision(resolve_amp(args.amp, device), device.type, args.channels_last)
+    model = precision.model(build_model(args.model, args.classes, 3).to(device))
+    gate = None if path == "std" else gate_class(args.classes, model.num_filters).to(device)
     optimizer = engine.build_optimizers(model, gate, cfg)[path]
+    runner = torch.compile(model) if args.compile else model
     generator = torch.Generator().manual_seed(0)
     batch = [(torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=generator),
               torch.randint(0, args.classes, (args.batch_size,), generator=generator))]
-    return lambda: engine.train_one_epoch(model, gate, batch, path, optimizer, cfg, g=float(model.num_filters),
-                                          device=torch.device(args.device))
+    return lambda: engine.train_one_epoch(runner, gate, batch, path, optimizer, cfg, g=float(model.num_filters),
+                                          device=device, precision=precision)
 
 
 def step_seconds(args, steps: dict) -> dict:
@@ -160,14 +165,28 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=4, help="epochs of the plain-versus-Ray comparison")
     parser.add_argument("--loader-model", default="resnet18", help="the model the 224-px loader feeds")
+    parser.add_argument("--amp", choices=("bf16", "fp16", "off"), default=None,
+                        help="the steps' mixed precision (default: bf16 on a GPU that has it, off on CPU)")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the stepped models")
+    parser.add_argument("--steps-only", action="store_true",
+                        help="time the steps and stop: no Ray epochs, no loader (for comparing fast paths)")
     args = parser.parse_args(argv)
     say = lambda line: print(line, flush=True)  # noqa: E731
 
     timed = step_seconds(args, {"std": stepper(args, "std"), "csg": stepper(args, "csg"),
                                 "loop": stepper(args, "csg", LoopGate)})
     std, csg, loop = timed["std"], timed["csg"], timed["loop"]
-    say(f"step ({args.model}, {args.image_size} px, batch {args.batch_size}, {args.device}): STD {1000 * std:.1f} ms, "
-        f"CSG {1000 * csg:.1f} ms, CSG with a per-sample loop gate {1000 * loop:.1f} ms")
+    amp = resolve_amp(args.amp, torch.device(args.device))
+    fast = f"amp {amp}{', channels-last' if args.channels_last else ''}{', compiled' if args.compile else ''}"
+    say(f"step ({args.model}, {args.image_size} px, batch {args.batch_size}, {args.device}, {fast}): "
+        f"STD {1000 * std:.1f} ms, CSG {1000 * csg:.1f} ms, CSG with a per-sample loop gate {1000 * loop:.1f} ms")
+    if args.steps_only:
+        say(f"steps: model={args.model} size={args.image_size} batch={args.batch_size} amp={amp} "
+            f"channels_last={int(args.channels_last)} compile={int(args.compile)} std_ms={1000 * std:.1f} "
+            f"csg_ms={1000 * csg:.1f} img_s={args.batch_size / csg:.0f} csg_over_std={csg / std:.3f} "
+            f"loop_over_gather={loop / csg:.3f}")
+        return
     syncs = syncs_per_step(args)
     say(f"host reads per CSG step (csg's code, 4-step epoch): {syncs:.2f}")
 

@@ -1,5 +1,5 @@
-"""A checkpoint is one dict: unwrapped model state, G, optimizers, schedulers, epoch, RNG
-state, the epoch history so far, and the config that produced it."""
+"""A checkpoint is one dict: unwrapped model state, G, optimizers, schedulers, the fp16 loss
+scale, epoch, RNG state, the epoch history so far, and the config that produced it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +9,10 @@ import torch
 STATE_FILE = "state.pt"
 
 
-def save(folder: Path, model, gate, optimizers, schedulers, cfg, epoch: int, history: list) -> Path:
+def save(folder: Path, model, gate, optimizers, schedulers, cfg, epoch: int, history: list,
+         scaler: dict | None = None) -> Path:
     state = {
+        "scaler": scaler or {},
         "model": model.state_dict(),
         "gate": gate.state_dict() if gate is not None else None,
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
@@ -79,7 +81,7 @@ def restore_model(folder: Path, state: dict | None = None):
     from csg.models import build_model
 
     state = read(folder) if state is None else state
-    cfg = TrainConfig(**state["config"])
+    cfg = TrainConfig.from_saved(state["config"])
     info = describe(cfg.dataset, cfg.data)
     model = build_model(cfg.model, info.num_classes, info.in_channels, info.mean, info.std)
     model.load_state_dict(state["model"])

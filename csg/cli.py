@@ -18,9 +18,11 @@ HELP = {
                "pickles, or an ImageFolder tree",
     "data": "data directory (CIFAR: holds cifar-10-batches-py/; imagefolder: holds train/ and val/)",
     "num_classes": "expected class count; an error if the data disagrees",
-    "image_size": "training resolution for imagefolder (eval resizes to size*256/224, then center-crops)",
-    "train_crop": "imagefolder training crop: resized (RandomResizedCrop) or padded (resize to the size, "
-                  "random crop with 1/8 padding: small square crops such as VOC objects)",
+    "image_size": "training and evaluation resolution for imagefolder",
+    "augment": "imagefolder training augmentation: imagenet (RandomResizedCrop + flip; evaluation resizes to "
+               "size*256/224 and center-crops), cifar (whole image, random crop padded by 1/8, flip), crop "
+               "(cifar without the flip: digits, text), none; the others evaluate the whole image resized. "
+               "Default: cifar below 64 px, imagenet from 64 px",
     "model": "network; K = 64 for CIFAR ResNets, 256 for AlexNet, 512/2048 for torchvision ResNets",
     "weights": "local state-dict file to initialise a torchvision ResNet (never downloaded)",
     "method": "csg (class-specific gate) or std (baseline, no gate)",
@@ -53,6 +55,10 @@ HELP = {
     "gpus_per_worker": "with --gpu: GPUs each worker asks Ray for (a fraction packs several on one GPU)",
     "cpus_per_worker": "CPUs each worker asks Ray for; its torch threads are set to match",
     "loader_workers": "DataLoader processes per worker",
+    "amp": "mixed precision of the network: bf16, fp16 (with loss scaling) or off; G, the sparsity term and "
+           "the projection stay fp32 (default: bf16 on a GPU that supports it, off otherwise)",
+    "channels_last": "channels-last memory format for the model and its inputs (faster convolutions on GPUs)",
+    "compile": "torch.compile the model (the first epoch pays the compilation)",
     "skip_bad_images": "skip (and count, in the epochs table) ImageFolder files that cannot be decoded",
     "results": "results root: a local path or a pyarrow filesystem URI",
     "storage": "Ray Train checkpoint storage (default: <results>/checkpoints)",
@@ -60,6 +66,7 @@ HELP = {
     "max_failures": "worker-group restarts allowed; each resumes from the latest checkpoint",
     "run_id": "run id (default: generated); rerunning an id resumes it and replaces its rows",
     "mi_neighbors": "k of the k-NN mutual-information estimator",
+    "verbose": "show Ray's own lines (reports, checkpoints, worker groups) and a progress line per epoch",
 }
 
 

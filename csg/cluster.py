@@ -38,6 +38,9 @@ def init_ray(**local_kwargs) -> None:
     # The Train controller registers each epoch's report at its next health check (every 2 s
     # by default); on a local Ray that poll, not training, dominated short epochs.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # Ray Train's node-drain watcher serves clusters of preemptible nodes; on one machine it
+    # only logs a core-worker error at every run's start.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(address="local", logging_level=logging.WARNING, **local_kwargs)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from csg import data as data_lib
 from csg.gate import PSI_CHOICES
 from csg.models import LAST_CONV_FILTERS, MODEL_CHOICES, TORCHVISION_RESNETS
+from csg.precision import AMP_CHOICES, compile_unavailable
 
 
 class ConfigError(ValueError):
@@ -22,7 +23,7 @@ class TrainConfig:
     data: str | None = None
     num_classes: int | None = None
     image_size: int = 224
-    train_crop: str = "resized"  # resized | padded (imagefolder training augmentation)
+    augment: str | None = None  # imagefolder: imagenet | cifar | crop | none; default by image size
     model: str = "resnet20"
     weights: str | None = None
     # how to train
@@ -57,6 +58,9 @@ class TrainConfig:
     gpus_per_worker: float = 1.0
     cpus_per_worker: int = 1
     loader_workers: int = 0
+    amp: str | None = None  # bf16 | fp16 | off; default bf16 on a GPU that has it, off elsewhere
+    channels_last: bool = False
+    compile: bool = False
     skip_bad_images: bool = False
     results: str = "results"
     storage: str | None = None  # Ray Train checkpoint storage; defaults to <results>/checkpoints
@@ -64,6 +68,7 @@ class TrainConfig:
     max_failures: int = 0
     run_id: str | None = None
     mi_neighbors: int = 3
+    verbose: bool = False  # Ray's own per-report and worker-group lines, and every epoch's line
 
     @property
     def csg_learning_rate(self) -> float:
@@ -75,6 +80,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "TrainConfig":
+        """A config as a checkpoint or sweep saved it, older names included: runs saved before
+        `augment` named their ImageFolder augmentation `train_crop` (resized or padded)."""
+        saved = dict(saved)
+        legacy_crop = saved.pop("train_crop", None)
+        if legacy_crop is not None and saved.get("augment") is None:
+            saved["augment"] = {"resized": "imagenet", "padded": "cifar"}[legacy_crop]
+        return cls(**saved)
 
 
 PRESETS: dict[str, dict] = {
@@ -91,7 +106,7 @@ PRESETS: dict[str, dict] = {
     "voc-resnet152": dict(
         dataset="imagefolder", model="resnet152", batch_size=32, optimizer="adam", lr=1e-5,
         csg_lr=1e-3, weight_decay=0.0, epochs=150, loader_workers=4, warmup=10, period=3, csg_epochs=2,
-        std_frozen="layer2", csg_frozen="layer3", image_size=128, train_crop="padded",
+        std_frozen="layer2", csg_frozen="layer3", image_size=128, augment="cifar",
         g_density=0.2,  # Table 1: interval [0.1667, 0.2]
         lambda2=1e-3,  # the authors' VOC code
     ),
@@ -100,7 +115,7 @@ PRESETS: dict[str, dict] = {
     # L1-density reaches its interval within them (Appendix A: lambda2 "relatively large"),
     # but no further: at 0.5 the gate's columns went one-hot within the second CSG epoch and
     # 3 of 5 seeds left a class without any filter; 0.15 spreads the split over several CSG
-    # epochs and left none without in 5 seeds (bench/gate_balance.py, README "Gate balance").
+    # epochs and left none without in 5 seeds (bench/gate_balance.py, docs/sweeps.md "Gate balance on digits").
     "digits-resnet20": dict(
         dataset="digits", model="resnet20", batch_size=64, optimizer="sgd", lr=0.05,
         momentum=0.9, epochs=30, warmup=0, period=3, csg_epochs=1, lambda2=0.15,
@@ -117,7 +132,7 @@ PRESETS: dict[str, dict] = {
 
 CHOICES = {
     "dataset": data_lib.DATASET_CHOICES,
-    "train_crop": data_lib.TRAIN_CROPS,
+    "augment": data_lib.AUGMENTS,
     "model": MODEL_CHOICES,
     "method": ("csg", "std"),
     "scheme": ("alternate", "joint"),
@@ -125,6 +140,7 @@ CHOICES = {
     "optimizer": ("sgd", "adam"),
     "lr_schedule": ("multistep", "cosine", "constant"),
     "psi": PSI_CHOICES,
+    "amp": AMP_CHOICES,
 }
 
 
@@ -135,7 +151,7 @@ def validate(cfg: TrainConfig) -> data_lib.DatasetInfo:
     """
     for name, allowed in CHOICES.items():
         value = getattr(cfg, name)
-        if value not in allowed:
+        if value is not None and value not in allowed:  # None: the default that fits the data or device
             _fail(name, f"must be one of {', '.join(allowed)}", value)
     for name in ("epochs", "batch_size", "period", "workers", "cpus_per_worker", "image_size", "mi_neighbors"):
         if getattr(cfg, name) < 1:
@@ -156,6 +172,8 @@ def validate(cfg: TrainConfig) -> data_lib.DatasetInfo:
             _fail("weights", f"applies to {', '.join(TORCHVISION_RESNETS)} only", cfg.model)
         if not Path(cfg.weights).is_file():
             _fail("weights", "file does not exist", cfg.weights)
+    if cfg.augment is not None and cfg.dataset != "imagefolder":
+        _fail("augment", "applies to imagefolder only (the other data sets have their own)", cfg.augment)
     if cfg.data is not None and not Path(cfg.data).is_dir():
         _fail("data", "directory does not exist", cfg.data)
     try:
@@ -183,11 +201,14 @@ def validate(cfg: TrainConfig) -> data_lib.DatasetInfo:
     for name in ("std_frozen", "csg_frozen"):
         if getattr(cfg, name) not in stages:
             _fail(name, f"must be one of {', '.join(stages)}", getattr(cfg, name))
-    if cfg.gpu:
-        import torch
+    import torch
 
-        if not torch.cuda.is_available() and "RAY_ADDRESS" not in os.environ:
-            _fail("gpu", "no CUDA device here and no cluster (RAY_ADDRESS) to find one on", True)
+    if cfg.gpu and not torch.cuda.is_available() and "RAY_ADDRESS" not in os.environ:
+        _fail("gpu", "no CUDA device here and no cluster (RAY_ADDRESS) to find one on", True)
+    if cfg.compile and (not cfg.gpu or torch.cuda.is_available()):  # else the workers' nodes decide
+        reason = compile_unavailable("cuda" if cfg.gpu else "cpu")
+        if reason:
+            _fail("compile", f"{reason}; run without --compile", True)
     return info
 
 

@@ -74,20 +74,24 @@ def describe(name: str, root: str | None) -> DatasetInfo:
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_CHOICES)}")
 
 
-TRAIN_CROPS = ("resized", "padded")
+AUGMENTS = ("imagenet", "cifar", "crop", "none")
+SMALL_IMAGE = 64  # below this side, ImageFolder defaults to the CIFAR recipe
+
+
+def default_augment(image_size: int) -> str:
+    """ImageNet's recipe crops and rescales freely, which loses small images' content; the
+    CIFAR recipe keeps the whole image and only shifts it."""
+    return "cifar" if image_size < SMALL_IMAGE else "imagenet"
 
 
 def load(
-    name: str, root: str | None, image_size: int = 224, skip_bad_images: bool = False, train_crop: str = "resized"
+    name: str, root: str | None, image_size: int = 224, skip_bad_images: bool = False, augment: str | None = None
 ) -> tuple[Dataset, Dataset]:
     """(train, test) with the standard augmentation of each data set on the training side.
 
-    ImageFolder trains on ImageNet's RandomResizedCrop (`train_crop="resized"`), or, for trees
-    of small square crops such as the VOC objects, on the image resized to `image_size` and a
-    random crop of it padded by an eighth (`"padded"`, as the authors train at 128 px).
-
-    With `skip_bad_images`, an unreadable ImageFolder file yields None (dropped by
-    `collate_skipping_bad`) instead of raising `BadImageError`.
+    ImageFolder trees are augmented by `augment` (`train_transform`), by default the one that
+    fits `image_size`. With `skip_bad_images`, an unreadable ImageFolder file yields None
+    (dropped by `collate_skipping_bad`) instead of raising `BadImageError`.
     """
     if name == "digits":
         x_train, x_test, y_train, y_test = _digits_split()
@@ -103,30 +107,48 @@ def load(
         return _cifar_split(name, root, True, train_tf), _cifar_split(name, root, False, None)
     if name == "imagefolder":
         _imagefolder_classes(root)
-        crop = ([T.RandomResizedCrop(image_size)] if train_crop == "resized" else
-                [T.Resize((image_size, image_size)), T.RandomCrop(image_size, padding=image_size // 8)])
-        train_tf = T.Compose([*crop, T.RandomHorizontalFlip(), T.ToTensor()])
-        eval_tf = T.Compose([*evaluation_crop(image_size), T.ToTensor()])
+        augment = augment or default_augment(image_size)
+        eval_tf = T.Compose([*evaluation_geometry(image_size, augment), T.ToTensor()])
         return (
-            CheckedImageFolder(str(Path(root) / "train"), train_tf, skip_bad=skip_bad_images),
+            CheckedImageFolder(str(Path(root) / "train"), train_transform(image_size, augment), skip_bad_images),
             CheckedImageFolder(str(Path(root) / "val"), eval_tf, skip_bad=skip_bad_images),
         )
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_CHOICES)}")
 
 
-def evaluation_crop(image_size: int, interpolation=T.InterpolationMode.BILINEAR) -> list:
-    """ImageFolder evaluation geometry: resize the short side to size*256/224, center-crop."""
-    return [T.Resize(round(image_size * 256 / 224), interpolation=interpolation), T.CenterCrop(image_size)]
+def train_transform(image_size: int, augment: str) -> T.Compose:
+    """`imagenet`: RandomResizedCrop + flip. `cifar`: the image resized whole, a random crop
+    padded by an eighth of its side, flip. `crop`: the same without the flip, for classes whose
+    mirror image is another class (digits, text). `none`: the image resized whole."""
+    if augment == "imagenet":
+        steps = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
+    else:
+        steps = [T.Resize((image_size, image_size))]
+        if augment in ("cifar", "crop"):
+            steps.append(T.RandomCrop(image_size, padding=image_size // 8))
+        if augment == "cifar":
+            steps.append(T.RandomHorizontalFlip())
+    return T.Compose([*steps, T.ToTensor()])
+
+
+def evaluation_geometry(image_size: int, augment: str | None = None,
+                        interpolation=T.InterpolationMode.BILINEAR) -> list:
+    """How an ImageFolder image is evaluated: after ImageNet's augmentation, its rule (short
+    side to size*256/224, center crop); after the others, the whole image resized, so nothing
+    a small image shows is cropped away."""
+    if (augment or default_augment(image_size)) == "imagenet":
+        return [T.Resize(round(image_size * 256 / 224), interpolation=interpolation), T.CenterCrop(image_size)]
+    return [T.Resize((image_size, image_size), interpolation=interpolation)]
 
 
 def evaluation_set(name: str, root: str | None, split: str = "test", image_size: int = 224,
-                   skip_bad_images: bool = False) -> Dataset:
+                   skip_bad_images: bool = False, augment: str | None = None) -> Dataset:
     """One split as the model is evaluated on it: no augmentation, training split included
     (analyses that attack or probe training images must see them unaltered)."""
     if split not in ("train", "test"):
         raise DataError(f"split must be train or test (got {split!r})")
     if name == "imagefolder":
-        eval_tf = T.Compose([*evaluation_crop(image_size), T.ToTensor()])
+        eval_tf = T.Compose([*evaluation_geometry(image_size, augment), T.ToTensor()])
         folder = str(Path(root) / ("train" if split == "train" else "val"))
         return CheckedImageFolder(folder, eval_tf, skip_bad=skip_bad_images)
     if name in CIFAR_FILES:
@@ -135,15 +157,16 @@ def evaluation_set(name: str, root: str | None, split: str = "test", image_size:
     return train if split == "train" else test
 
 
-def evaluation_masks(name: str, split: str = "test", root: str | None = None, image_size: int = 224):
+def evaluation_masks(name: str, split: str = "test", root: str | None = None, image_size: int = 224,
+                     augment: str | None = None):
     """The ground-truth object masks of a split, indexed like its `evaluation_set`: item i is
     image i's (H, W) bool mask. digits-scenes carries them; an ImageFolder tree may, beside
     its images (`MaskFolder`)."""
     if name == "digits-scenes":
         return torch.from_numpy(scenes_split()[split]["masks"])
     if name == "imagefolder":
-        images = evaluation_set(name, root, split, image_size)
-        return MaskFolder(images, Path(root), image_size)
+        images = evaluation_set(name, root, split, image_size, augment=augment)
+        return MaskFolder(images, Path(root), image_size, augment)
     raise DataError(f"--dataset: {name} carries no object masks (digits-scenes does, and ImageFolder trees "
                     f"with a masks/ folder)")
 
@@ -285,7 +308,7 @@ class MaskFolder(Dataset):
     `<root>/masks/<split>/<class>/<name>.png`, one binary mask per image and of its size, read
     in the images' order and cropped as the evaluation images are (nearest, so they stay binary)."""
 
-    def __init__(self, images: CheckedImageFolder, root: Path, image_size: int):
+    def __init__(self, images: CheckedImageFolder, root: Path, image_size: int, augment: str | None = None):
         self.images = images
         folder = Path(images.root)
         self.masks_root = Path(root) / "masks" / folder.name
@@ -295,7 +318,7 @@ class MaskFolder(Dataset):
         if missing:
             raise DataError(f"--data: {len(missing)} of {len(self.paths)} images in {folder} have no mask under "
                             f"{self.masks_root} (first: {missing[0].relative_to(self.masks_root)})")
-        self.transform = T.Compose(evaluation_crop(image_size, T.InterpolationMode.NEAREST))
+        self.transform = T.Compose(evaluation_geometry(image_size, augment, T.InterpolationMode.NEAREST))
 
     def __len__(self):
         return len(self.paths)

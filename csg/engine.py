@@ -17,6 +17,7 @@ from torch import nn
 
 from csg.config import TrainConfig
 from csg.gate import ClassSpecificGate, sparsity_loss
+from csg.precision import Precision
 
 
 def epoch_path(epoch: int, cfg: TrainConfig) -> str:
@@ -120,13 +121,15 @@ def train_one_epoch(
     device: torch.device,
     epoch: int = 0,
     sync: RankSync = RankSync(),
+    precision: Precision = Precision(),
 ) -> EpochStats:
     """Train one epoch on `path`; returns this rank's mean losses and accuracy.
 
     A non-finite loss on any rank stops every rank at the same step, before it reaches the
     weights or G (a lone rank raising would leave the others waiting in the gradient
     all-reduce). That check is the step's only host synchronisation: losses and the accuracy
-    count are summed on the device and read once, at the end of the epoch.
+    count are summed on the device and read once, at the end of the epoch. `precision` runs the
+    network under autocast; G and the sparsity term stay in fp32.
     """
     model.train()
     zero = torch.zeros((), device=device)
@@ -134,35 +137,37 @@ def train_one_epoch(
     seen = 0
     start = time.perf_counter()
     for step, (images, labels) in enumerate(loader):
-        images = images.to(device, non_blocking=True)
+        images = precision.images(images.to(device, non_blocking=True))
         labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         terms = {}
         if path == "std":
-            logits = model(images)
-            terms["ce_std"] = F.cross_entropy(logits, labels)
+            with precision.autocast():
+                logits = model(images)
+                terms["ce_std"] = F.cross_entropy(logits, labels)
             loss = terms["ce_std"]
         else:
             rows = gate(labels)
-            if path == "joint":
-                logits, csg_logits = model(images, rows, both_paths=True)
-                terms["ce_std"] = F.cross_entropy(logits, labels)
-            else:
-                logits = csg_logits = model(images, rows)
-            terms["ce_csg"] = F.cross_entropy(csg_logits, labels)
+            with precision.autocast():
+                if path == "joint":
+                    logits, csg_logits = model(images, rows, both_paths=True)
+                    terms["ce_std"] = F.cross_entropy(logits, labels)
+                else:
+                    logits = csg_logits = model(images, rows)
+                terms["ce_csg"] = F.cross_entropy(csg_logits, labels)
             terms["sparsity"] = sparsity_loss(gate.matrix, g, cfg.psi)
             loss = cfg.lambda1 * terms["ce_csg"] + cfg.lambda2 * terms["sparsity"]
             if path == "joint":
                 loss = loss + terms["ce_std"]
         if sync.any_nonfinite(loss):
             raise DivergedError(f"loss is not finite at epoch {epoch}, step {step} ({path} path)")
-        loss.backward()
+        precision.backward(loss)
         if path != "std" and gate.learnable:
             sync.average_grad(gate.weight)
-            optimizer.step()
-            gate.project_()
+            precision.step(optimizer)
+            gate.project_()  # after a step the scaler skipped, G is already projected: no change
         else:
-            optimizer.step()
+            precision.step(optimizer)
         n = labels.numel()
         seen += n
         terms["total"] = loss
@@ -178,12 +183,13 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[int, int]:
+def evaluate(model: nn.Module, loader, device: torch.device, precision: Precision = Precision()) -> tuple[int, int]:
     """(correct, total) on the STD path: testing never uses the gate."""
     model.eval()
     correct, total = torch.zeros((), dtype=torch.long, device=device), 0
     for images, labels in loader:
-        logits = model(images.to(device, non_blocking=True))
+        with precision.autocast():
+            logits = model(precision.images(images.to(device, non_blocking=True)))
         correct += (logits.argmax(1) == labels.to(device, non_blocking=True)).sum()
         total += labels.numel()
     return int(correct), total

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 from csg import run_record
 from csg.cluster import check_relative_paths, check_visible_from_every_node, init_ray
 from csg.config import ConfigError, TrainConfig, resolved_g_density, with_absolute_paths
 from csg.data import DatasetInfo
 from csg.gate import l1_interval
+from csg.progress import ProgressFeed, ProgressLine
 from csg.results import ResultStore
 
 
@@ -24,8 +26,10 @@ def root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
 
 
-def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None, callbacks=()) -> dict:
+def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None, callbacks=(),
+          show_progress: bool = True) -> dict:
     """Train one validated config; returns its `runs` row as a dict. `callbacks` go to Ray Train.
+    With `show_progress`, say what is starting, keep a progress line, print the summary.
 
     Storage problems raise StorageError before anything is written under the results root.
     """
@@ -47,8 +51,12 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None, callba
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     run_record.write_run(store, run_id, cfg, summary)
+    if show_progress:
+        print(run_record.start_line(run_id, cfg, info), flush=True)
+    feed = ProgressFeed(ProgressLine(run_id, cfg.epochs, verbose=cfg.verbose)) if show_progress else nullcontext()
     try:
-        result_summary, result = ray_train.fit(cfg, run_id, callbacks)
+        with feed:
+            result_summary, result = ray_train.fit(cfg, run_id, callbacks, getattr(feed, "queue", None))
     except Exception as exc:
         run_record.write_run(store, run_id, cfg, {**summary, "status": "failed"})
         raise RunError(f"run {run_id} failed: {root_cause(exc)}") from exc
@@ -65,7 +73,8 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None, callba
     if diverged:
         kept = f"last good checkpoint {summary['checkpoint']}" if summary["checkpoint"] else "no checkpoint yet"
         raise RunError(f"run {run_id} diverged: {diverged}; {kept}")
-    print(run_record.summary_line(run_id, cfg, summary), flush=True)
+    if show_progress:
+        print(run_record.summary_line(run_id, cfg, summary), flush=True)
     return {"run_id": run_id, **summary}
 
 

@@ -5,8 +5,8 @@ Rank 0 alone writes tables and checkpoints; every rank reports once per epoch (a
 from __future__ import annotations
 
 import functools
+import logging
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,16 +14,17 @@ from pathlib import Path
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from csg import checkpoint as ckpt_lib
 from csg import data as data_lib
-from csg import engine, run_record
+from csg import engine, progress, run_record
 from csg.config import TrainConfig, resolved_g_density
 from csg.gate import ClassSpecificGate, FixedGate, g_from_density, l1_density
 from csg.models import build_model
+from csg.precision import Precision, resolve_amp
 from csg.results import ResultStore
 
 SCORE = "test_acc"
@@ -31,15 +32,17 @@ SCORE = "test_acc"
 
 def train_loop_per_worker(loop_config: dict) -> dict | None:
     cfg = TrainConfig(**loop_config["cfg"])
-    run_id = loop_config["run_id"]
+    run_id, progress_queue = loop_config["run_id"], loop_config.get("progress")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(cfg.cpus_per_worker)  # the cores Ray gave this worker, no more
+    if not cfg.verbose:
+        _quiet_report_lines()
     torch.manual_seed(cfg.seed)
 
     info = data_lib.describe(cfg.dataset, cfg.data)
-    train_set, test_set = data_lib.load(cfg.dataset, cfg.data, cfg.image_size, cfg.skip_bad_images, cfg.train_crop)
+    train_set, test_set = data_lib.load(cfg.dataset, cfg.data, cfg.image_size, cfg.skip_bad_images, cfg.augment)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     loader_kw = data_lib.loader_options(cfg.loader_workers, cfg.seed, rank, device.type == "cuda")
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size // world, sampler=sampler, **loader_kw)
@@ -49,7 +52,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
 
     model = build_model(cfg.model, info.num_classes, info.in_channels, info.mean, info.std, cfg.weights)
     gate = make_gate(cfg, info.num_classes, model.num_filters)
-    model.to(device)
+    precision = Precision(resolve_amp(cfg.amp, device), device.type, cfg.channels_last)
+    precision.model(model.to(device))
     if gate is not None:
         gate.to(device)
     optimizers = engine.build_optimizers(model, gate, cfg)
@@ -61,13 +65,16 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = ckpt_lib.load(Path(folder), model, gate, optimizers, schedulers, cfg)
+        precision.load_state_dict(state.get("scaler", {}))
         if rank == 0:
-            _progress(f"[{run_id}] resuming after epoch {state['epoch'] + 1}")
+            progress.send(progress_queue, "resumed", state["epoch"])
     # DDP wraps the model only: the gate stays outside, used on gated epochs alone, and its
     # gradient is averaged by hand, so no step pays for unused-parameter detection.
     wrapped = ray.train.torch.prepare_model(
         model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": False}
     )
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)  # over DDP, so the compiled graph sees its buckets
     store = ResultStore(cfg.results)
     history = state["history"]
 
@@ -77,7 +84,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         try:
             stats = engine.train_one_epoch(
                 wrapped, gate, train_loader, path, optimizers[path], cfg, g, device, epoch,
-                sync=DistributedSync(device) if world > 1 else engine.RankSync(),
+                sync=DistributedSync(device) if world > 1 else engine.RankSync(), precision=precision,
             )
         except engine.DivergedError as exc:
             # Every rank stops here together. Ending normally (not raising) keeps Ray from
@@ -85,7 +92,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             return {"diverged": str(exc), "epochs_completed": len(history)}
         lrs = {k: o.param_groups[0]["lr"] for k, o in optimizers.items()}
         engine.step_schedulers(schedulers)
-        test_acc = _global_accuracy(wrapped, test_loader, device, world)
+        test_acc = _global_accuracy(wrapped, test_loader, device, world, precision)
         if world > 1 and gate is not None:
             _check_gate_identical(gate, epoch)
         mean = functools.partial(_mean_across, world=world, device=device)
@@ -103,9 +110,10 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         metrics = {"epoch": epoch, SCORE: test_acc}
         if rank == 0:
             run_record.write_epochs(store, run_id, history)
-            _progress(run_record.epoch_line(run_id, row, cfg.epochs))
+            progress.send(progress_queue, "epoch", row, stats.samples * world / max(stats.seconds, 1e-9))
             with tempfile.TemporaryDirectory() as folder:
-                ckpt_lib.save(Path(folder), model, gate, optimizers, schedulers, cfg, epoch, history)
+                ckpt_lib.save(Path(folder), model, gate, optimizers, schedulers, cfg, epoch, history,
+                              precision.state_dict())
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics)
@@ -125,10 +133,12 @@ def _finish(cfg, run_id, model, gate, test_set, info, device, store, history, g)
                                   g if gate is not None else math.nan)
 
 
-def _progress(line: str) -> None:
-    """Ray Train patches `print` into a logger that the console then shows twice; write once."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+def _quiet_report_lines() -> None:
+    """Ray Train (2.60) names the logger of its per-report line after its file, outside the
+    `ray.train` tree that `LoggingConfig` filters; hide that line unless asked."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def make_gate(cfg: TrainConfig, num_classes: int, num_filters: int) -> ClassSpecificGate | None:
@@ -157,8 +167,8 @@ class DistributedSync(engine.RankSync):
         return bool(flag.item())
 
 
-def _global_accuracy(model, loader, device, world) -> float:
-    correct, total = engine.evaluate(model, loader, device)
+def _global_accuracy(model, loader, device, world, precision) -> float:
+    correct, total = engine.evaluate(model, loader, device, precision)
     counts = torch.tensor([correct, total], dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(counts)
@@ -201,12 +211,14 @@ def scaling_config(cfg: TrainConfig) -> ScalingConfig:
                          resources_per_worker={**cpus, "GPU": cfg.gpus_per_worker})
 
 
-def fit(cfg: TrainConfig, run_id: str, callbacks=()) -> tuple[dict, ray.train.Result]:
+def fit(cfg: TrainConfig, run_id: str, callbacks=(), progress_queue=None) -> tuple[dict, ray.train.Result]:
     """Run one training under Ray Train; returns rank 0's summary and the Ray result.
-    `callbacks` are Ray Train callbacks (a Tune trial passes the one that reports to Tune)."""
+    `callbacks` are Ray Train callbacks (a Tune trial passes the one that reports to Tune);
+    rank 0 sends its epochs to `progress_queue` when one is given. Ray Train's own lines show
+    with `cfg.verbose` only; its warnings and errors always do."""
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "run_id": run_id},
+        train_loop_config={"cfg": cfg.to_dict(), "run_id": run_id, "progress": progress_queue},
         torch_config=TorchConfig(backend="nccl" if cfg.gpu else "gloo"),
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
@@ -219,6 +231,7 @@ def fit(cfg: TrainConfig, run_id: str, callbacks=()) -> tuple[dict, ray.train.Re
             ),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             callbacks=list(callbacks),
+            logging_config=LoggingConfig(log_level="INFO" if cfg.verbose else "WARNING"),
         ),
     )
     start = time.time()

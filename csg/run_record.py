@@ -1,8 +1,7 @@
-"""Rows of the four per-run tables (`runs`, `epochs`, `gates`, `mi`) and the progress line."""
+"""Rows of the four per-run tables (`runs`, `epochs`, `gates`, `mi`) and the summary line."""
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import subprocess
 import time
@@ -103,12 +102,10 @@ def _git_revision() -> str | None:
     return out.stdout.strip() or None
 
 
-def epoch_line(run_id: str, row: dict, epochs: int) -> str:
-    parts = [f"[{run_id}] epoch {row['epoch'] + 1}/{epochs} {row['path']:>5}",
-             f"loss {row['loss_total']:.4f}", f"test_acc {row['test_acc']:.4f}"]
-    if not math.isnan(row["l1_density"]):
-        parts.append(f"l1_density {row['l1_density']:.4f}")
-    return "  ".join(parts) + f"  ({row['epoch_time_s']:.1f}s)"
+def start_line(run_id: str, cfg: TrainConfig, info) -> str:
+    workers = f"{cfg.workers} worker{'s' if cfg.workers > 1 else ''}{' on GPU' if cfg.gpu else ''}"
+    return (f"run {run_id}: {cfg.method.upper()} {cfg.model} on {cfg.dataset} ({info.train_size} training images, "
+            f"{info.num_classes} classes), {cfg.epochs} epochs, {workers}")
 
 
 def summary_line(run_id: str, cfg: TrainConfig, summary: dict) -> str:

@@ -99,9 +99,10 @@ def run_trial(config: dict, base: dict, sweep_id: str) -> None:
 
     from csg.launch import train
 
-    cfg = TrainConfig(**{**base, **trial_overrides(config)})
+    cfg = TrainConfig.from_saved({**base, **trial_overrides(config)})
     info = describe(cfg.dataset, cfg.data)  # validated by the driver, GPUs included
-    train(cfg, info, trial_run_id(sweep_id, tune.get_context().get_trial_id()), [TuneReportCallback()])
+    train(cfg, info, trial_run_id(sweep_id, tune.get_context().get_trial_id()), [TuneReportCallback()],
+          show_progress=False)
 
 
 def trial_run_id(sweep_id: str, trial_id: str) -> str:
@@ -161,7 +162,7 @@ def launch(cfg: TrainConfig, info: DatasetInfo, args: dict, make_space) -> pd.Da
         if not args["sweep_id"]:
             raise ConfigError("--resume: needs --sweep-id, the sweep to continue")
         saved = _load_saved(cfg.storage_path, args["sweep_id"])
-        cfg, args = TrainConfig(**saved["config"]), {**saved["args"], "resume": True}
+        cfg, args = TrainConfig.from_saved(saved["config"]), {**saved["args"], "resume": True}
         info = validate(cfg)
     else:
         if args["workers_per_trial"] < 1 or args["gpus_per_trial"] < 0:
@@ -226,6 +227,8 @@ def run_sweep(base: TrainConfig, param_space: dict, options: SweepOptions) -> pd
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
+    from csg.trial_events import TrialEvents
+
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base.to_dict(), sweep_id=options.sweep_id), {"CPU": 0.01}
     )
@@ -250,7 +253,8 @@ def run_sweep(base: TrainConfig, param_space: dict, options: SweepOptions) -> pd
                 search_alg=BasicVariantGenerator(random_state=base.seed),
                 max_concurrent_trials=options.max_concurrent or _fitting_trials(base),
             ),
-            run_config=tune.RunConfig(name=options.sweep_id, storage_path=base.storage_path, verbose=1),
+            run_config=tune.RunConfig(name=options.sweep_id, storage_path=base.storage_path,
+                                      verbose=2 if base.verbose else 0, callbacks=[TrialEvents(base.epochs)]),
         )
     grid = tuner.fit()
     # Completed and scheduler-stopped trials end TERMINATED; an interrupted sweep leaves the

@@ -52,8 +52,7 @@ def main(argv=None) -> pd.DataFrame:
 
     start = time.time()
     run_ids = {}
-    for i, (method, cfg) in enumerate(configs.items(), 1):
-        print(f"quickstart: training {method.upper()} ResNet-20 on digits ({i}/2, {cfg.epochs} epochs)", flush=True)
+    for method, cfg in configs.items():
         run_ids[method] = run_or_exit(parser, train, cfg, infos[method])["run_id"]
 
     store = ResultStore(args.results)
@@ -66,17 +65,17 @@ def main(argv=None) -> pd.DataFrame:
         figures / "quickstart_mi.png",
     )
     table = table1(runs)
-    print(f"\ntrained in {time.time() - start:.0f} s; runs {run_ids['csg']} and {run_ids['std']}")
+    print(f"trained in {time.time() - start:.0f} s; runs {run_ids['csg']} and {run_ids['std']}")
     print(table.to_string(index=False))
     print(f"CSG gate, {balance_line(as_matrix(store.read('gates', run_ids['csg']), 'value'))}")
 
-    print("\nquickstart: the class-specificity studies on both runs", flush=True)
+    print("quickstart: the class-specificity studies on both runs", flush=True)
     studied = resolve_runs(store, [run_ids["csg"], run_ids["std"]])
     defaults = {"masking": {"mask_sets": ["0", "0,5"]}}
     requests = {name: check(name, runs_for(name, studied), store, defaults.get(name, {})) for name in STUDIES}
-    run_studies(store, studied, requests, figures_dir=figures, skip_refused=True)
+    run_studies(store, studied, requests, figures_dir=figures, skip_refused=True, list_figures=False)
     report = write_report(store, studied, Path(args.results) / "report.html", args.results)
-    print(f"\nquickstart finished in {time.time() - start:.0f} s")
+    print(f"quickstart finished in {time.time() - start:.0f} s")
     print(f"tables: {args.results}/   figures: {figures}/")
     print(f"report: {report}  (open it in a browser)")
     return table

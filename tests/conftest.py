@@ -1,4 +1,3 @@
-import logging
 import os
 
 import pytest
@@ -25,11 +24,13 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def ray_local(tmp_path_factory):
-    """One local Ray for the whole session (2 cores here: keep worker counts at 2)."""
+    """One local Ray for the whole session (2 cores here: keep worker counts at 2), started as
+    the jobs start theirs."""
     import ray
 
-    ray.init(num_cpus=2, logging_level=logging.WARNING,
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    from csg.cluster import init_ray
+
+    init_ray(num_cpus=2, _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield ray
     ray.shutdown()
 

@@ -13,10 +13,10 @@ DIGITS_ARGS = ["--preset", "digits-resnet20", "--workers", "2", "--epochs", "6",
                "--lambda2", "0.2", "--seed", "3", "--batch-size", "32"]
 
 
-def readme_columns(table: str) -> dict[str, str]:
-    """The columns and types the README's section on `table` documents."""
-    text = (REPO / "README.md").read_text()
-    section = text.split(f"### `{table}`", 1)[1].split("\n### ", 1)[0]
+def documented_columns(table: str) -> dict[str, str]:
+    """The columns and types docs/results.md's section on `table` documents."""
+    text = (REPO / "docs" / "results.md").read_text()
+    section = text.split(f"\n## `{table}`", 1)[1].split("\n## ", 1)[0]
     return dict(re.findall(r"^\| `([\w.]+)` \| (\w+) \|", section, flags=re.M))
 
 
@@ -40,6 +40,26 @@ def make_imagefolder(root: Path, classes=("cat", "dog", "owl"), per_class=(6, 3)
                 pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
                 pixels[..., i % 3] = 255  # each class tinted, so there is something to learn
                 Image.fromarray(pixels).save(folder / f"{j}.png")
+    return root
+
+
+def make_digits_imagefolder(root: Path, size=32, per_class: int | None = None) -> Path:
+    """scikit-learn's handwritten digits (the package's own train/test split) as an ImageFolder
+    tree of RGB PNGs upscaled to `size`: small images whose mirror image can be another class.
+    `per_class` keeps the first images of each class in each split."""
+    from csg.data import _digits_split
+
+    x_train, x_test, y_train, y_test = _digits_split()
+    for split, images, labels in (("train", x_train, y_train), ("val", x_test, y_test)):
+        counts = np.zeros(10, dtype=int)
+        for index, (image, label) in enumerate(zip(images, labels)):
+            if per_class is not None and counts[label] >= per_class:
+                continue
+            counts[label] += 1
+            folder = root / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            gray = Image.fromarray((image[0] * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+            gray.convert("RGB").save(folder / f"{index}.png")
     return root
 
 

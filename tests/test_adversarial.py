@@ -7,7 +7,7 @@ import torch
 from analysis.adversarial import attack_pool, detector_error, detector_split, draw_pool, random_targets
 from analysis.mutual_info import checkpoint_split
 from csg.data import split_labels
-from tests.helpers import job_main, readme_columns, written_columns
+from tests.helpers import job_main, documented_columns, written_columns
 
 
 def test_targets_are_always_another_class_and_cover_them_all():
@@ -64,7 +64,7 @@ def test_adversarial_job_writes_the_documented_table(digits_run, capsys):
     assert len(frame) == len(table) == 2 * 2 * 2
     assert set(table["n_test"]) == {2 * 5 * 10} and set(table["n_train"]) == {2 * 10 * 10, 2 * 20 * 10}
     assert table["error_rate"].between(0, 1).all()
-    assert written_columns(results, "adversarial") == readme_columns("adversarial")
+    assert written_columns(results, "adversarial") == documented_columns("adversarial")
     assert "Table 3" in capsys.readouterr().out
 
 
@@ -105,4 +105,4 @@ def test_blackbox_job_writes_the_documented_table(digits_run):
                                  "--images", "6", "--ls-max-pixels", "5", "--de-steps", "2"])
     table = pd.read_parquet(results / "blackbox")
     assert len(frame) == len(table) == 2 and set(table["n_images"]) == {6}
-    assert written_columns(results, "blackbox") == readme_columns("blackbox")
+    assert written_columns(results, "blackbox") == documented_columns("blackbox")

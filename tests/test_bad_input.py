@@ -17,7 +17,8 @@ CASES = {
     "missing weights file": (["--model", "resnet18", "--weights", "/nonexistent/w.pth"], "--weights"),
     "fixed gate too large": (["--gate", "fixed", "--m1", "7", "--m2", "0"], "--m1"),
     "non-numeric epochs": (["--epochs", "many"], "--epochs"),
-    "unknown training crop": (["--train-crop", "zoom"], "--train-crop"),
+    "unknown augmentation": (["--augment", "zoom"], "--augment"),
+    "augmentation of a data set with its own": (["--augment", "crop"], "--augment"),
 }
 
 

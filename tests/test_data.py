@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from csg import data
-from tests.helpers import make_cifar10, make_imagefolder
+from PIL import Image
+
+from tests.helpers import make_cifar10, make_digits_imagefolder, make_imagefolder
 
 
 def test_digits_is_a_fixed_stratified_split_in_unit_range():
@@ -48,18 +50,74 @@ def test_imagefolder_tree(tmp_path):
     assert train.classes == ["cat", "dog", "owl"]
 
 
-def test_padded_crop_keeps_the_whole_square_image_shifted_at_most_an_eighth(tmp_path):
-    """The VOC preset's augmentation: the image resized whole, then shifted by up to size/8."""
+def _augmented(train, count=24):
+    torch.manual_seed(0)
+    return torch.stack([train[0][0] for _ in range(count)])
+
+
+def _is_shift_of(draw: torch.Tensor, whole: torch.Tensor, limit: int) -> bool:
+    """Whether `draw` is `whole` moved by at most `limit` pixels, the uncovered border black."""
+    size = whole.shape[-1]
+    for dy in range(-limit, limit + 1):
+        for dx in range(-limit, limit + 1):
+            shifted = torch.zeros_like(whole)
+            shifted[:, max(dy, 0):size + min(dy, 0), max(dx, 0):size + min(dx, 0)] = \
+                whole[:, max(-dy, 0):size + min(-dy, 0), max(-dx, 0):size + min(-dx, 0)]
+            if torch.allclose(draw, shifted):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("augment, flips", [("cifar", True), ("crop", False)])
+def test_padded_crops_shift_the_whole_image_by_at_most_an_eighth_and_flip_only_for_cifar(tmp_path, augment, flips):
+    root = make_digits_imagefolder(tmp_path, size=32, per_class=1)
+    train, _ = data.load("imagefolder", str(root), image_size=32, augment=augment)
+    whole, _ = data.load("imagefolder", str(root), image_size=32, augment="none")
+    image = whole[0][0]
+    draws = _augmented(train)
+    shifted = [_is_shift_of(draw, image, 4) for draw in draws]
+    mirrored = [_is_shift_of(draw, image.flip(-1), 4) for draw in draws]
+    assert all(a or b for a, b in zip(shifted, mirrored))
+    assert any(mirrored) == flips and any(shifted)
+    assert len({tuple(draw.flatten().tolist()) for draw in draws}) > 4  # it does move
+
+
+def test_no_augmentation_is_the_whole_image_resized(tmp_path):
+    root = make_imagefolder(tmp_path, per_class=(1, 1), size=40)
+    train, _ = data.load("imagefolder", str(root), image_size=32, augment="none")
+    draws = _augmented(train, 4)
+    assert all(torch.equal(draw, draws[0]) for draw in draws)
+    assert torch.equal(draws[0], data.evaluation_set("imagefolder", str(root), "train", 32, augment="none")[0][0])
+
+
+def test_augmentation_follows_the_image_size_and_the_presets():
     from csg.config import PRESETS
 
-    root = make_imagefolder(tmp_path, per_class=(2, 1), size=40)
-    train, _ = data.load("imagefolder", str(root), image_size=32, train_crop="padded")
-    torch.manual_seed(0)
-    images = torch.stack([train[0][0] for _ in range(20)])
-    assert images.shape == (20, 3, 32, 32)
-    zero_rows = (images.sum(dim=(1, 3)) == 0).sum(dim=1)  # padding shows as black rows
-    assert zero_rows.max() <= 4 and zero_rows.max() > 0
-    assert PRESETS["voc-resnet152"]["train_crop"] == "padded"
+    assert data.default_augment(32) == data.default_augment(63) == "cifar"
+    assert data.default_augment(64) == data.default_augment(224) == "imagenet"
+    assert PRESETS["voc-resnet152"]["augment"] == "cifar"
+
+
+def test_small_images_are_evaluated_whole_and_large_ones_by_imagenets_rule(tmp_path):
+    """A bright one-pixel border: a center crop after a 256/224 rescale cuts it off."""
+    root = make_imagefolder(tmp_path, per_class=(1, 1), size=40)
+    for path, _ in data.evaluation_set("imagefolder", str(root), "test", 40, augment="none").samples:
+        pixels = np.zeros((40, 40, 3), dtype=np.uint8)
+        pixels[0, :] = pixels[-1, :] = pixels[:, 0] = pixels[:, -1] = 255
+        Image.fromarray(pixels).save(path)
+    small = data.evaluation_set("imagefolder", str(root), "test", image_size=32)[0][0]
+    assert small.shape == (3, 32, 32) and small[:, 0, :].min() > 0.4 and small[:, :, -1].min() > 0.4
+    imagenet = data.evaluation_set("imagefolder", str(root), "test", image_size=32, augment="imagenet")[0][0]
+    assert imagenet[:, 0, :].max() < 0.1  # the crop cut the border away
+
+
+def test_saved_configs_from_before_augment_still_load():
+    from csg.config import TrainConfig
+
+    saved = {**TrainConfig(dataset="imagefolder").to_dict(), "train_crop": "padded"}
+    saved.pop("augment")
+    assert TrainConfig.from_saved(saved).augment == "cifar"
+    assert TrainConfig.from_saved({**saved, "train_crop": "resized"}).augment == "imagenet"
 
 
 class _RandomAugmentation(torch.utils.data.Dataset):

@@ -9,7 +9,7 @@ from csg.cli import get_args_parser, parse_config
 from csg.gate import fixed_gate_matrix
 from csg.ray_train import make_gate
 from csg.results import ResultStore
-from tests.helpers import job_main, readme_columns, written_columns
+from tests.helpers import job_main, documented_columns, written_columns
 
 #                 f0   f1   f2   f3   f4   f5
 GATE = np.array([[1.0, 0.6, 0.4, 1.0, 0.2, 0.5],   # class 0
@@ -45,7 +45,7 @@ def test_three_seeds_give_gate_stats_for_every_run_and_class(ray_local, tmp_path
             + table.groupby("run_id", observed=True)["shared"].first()
             + table.groupby("run_id", observed=True)["unused"].first() <= 64).all()
     assert len(stats) == 30
-    assert written_columns(tmp_path, "gate_stats") == readme_columns("gate_stats")
+    assert written_columns(tmp_path, "gate_stats") == documented_columns("gate_stats")
 
 
 def _stats_table(root, monopolized, shared, classes=10):

@@ -12,7 +12,7 @@ from analysis.saliency import (AUTHORS, BIN_RATIO, CAM, TEXT, ActivMap, GradMap,
                                gradient_maps, iou, top_thresholds)
 from analysis.studies import Run
 from csg.models import GatedClassifier
-from tests.helpers import job_main, readme_columns, written_columns
+from tests.helpers import job_main, documented_columns, written_columns
 
 
 class ChannelsAsFilters(GatedClassifier):
@@ -234,7 +234,7 @@ def test_localize_scores_csg_and_std_on_digits_scenes_and_writes_both_tables(ray
     gradmap_total = classes[(classes["method"] == "gradmap") & (classes["class"] == "total")]
     assert gradmap_total["n_filters"].tolist() == [64, 64]
     for table in ("localization", "localization_filters"):
-        assert written_columns(tmp_path, table) == readme_columns(table)
+        assert written_columns(tmp_path, table) == documented_columns(table)
     for name in ("localization_cam_csg_std", "localization_activmap_csg", "localization_activmap_std"):
         assert (tmp_path / "figures" / f"{name}.png").is_file()
     page = job_main("analyze")(["report", "--results", str(tmp_path), "--runs", "csg", "std"]).read_text()

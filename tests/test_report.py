@@ -14,25 +14,38 @@ import pytest
 from PIL import Image
 
 from analysis.catalog import STUDIES
-from tests.helpers import job_main, readme_columns, written_columns
+from tests.helpers import job_main, documented_columns, written_columns
 
 SECTIONS = ["overview", "training", "fig4", *STUDIES, "localization", "adversarial", "blackbox", "gate_stats", "tune"]
 STUDY_TABLES = [table for study in STUDIES.values() for table in study.tables]
 
 
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
 @pytest.fixture(scope="module")
 def quickstart(ray_local, tmp_path_factory):
-    """The quickstart with a relative results root (it must land in the working directory)."""
+    """The quickstart with a relative results root (it must land in the working directory),
+    its output captured as a terminal shows it: stdout, then stderr."""
     parent = tmp_path_factory.mktemp("quickstart")
-    printed = io.StringIO()
+    printed, errors = _Terminal(), _Terminal()
     cwd = os.getcwd()
     os.chdir(parent)
     try:
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
             table = job_main("quickstart")(["--results", "results", "--epochs", "15"])
     finally:
         os.chdir(cwd)
-    return parent / "results", table, printed.getvalue()
+    return parent / "results", table, printed.getvalue() + errors.getvalue()
+
+
+def test_quickstart_output_fits_one_screen_without_rays_chatter(quickstart):
+    _, _, out = quickstart
+    assert out.count("\n") < 40, out
+    assert "Reporting training result" not in out and "Checkpoint successfully created" not in out
+    assert out.count("epoch 15/15") == 2 and out.count(" finished: 15 epochs") == 2
 
 
 def test_quickstart_prints_table1_balance_and_the_report_path(quickstart):
@@ -55,7 +68,7 @@ def test_each_study_table_reads_with_pandas_and_has_the_documented_columns(quick
     frame = pd.read_parquet(results / table)
     runs = 1 if table == "similarity" else 2
     assert frame["run_id"].nunique() == runs
-    assert written_columns(results, table) == readme_columns(table)
+    assert written_columns(results, table) == documented_columns(table)
 
 
 def test_every_study_saved_its_figures(quickstart):

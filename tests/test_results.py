@@ -1,11 +1,11 @@
-"""The result store, and the tables' columns and types against the README."""
+"""The result store, and the tables' columns and types against docs/results.md."""
 import pandas as pd
 import pytest
 
 from csg.config import TrainConfig
 from csg.results import ResultStore
 from csg.run_record import RUNS_SCHEMA
-from tests.helpers import readme_columns, written_columns
+from tests.helpers import documented_columns, written_columns
 
 
 def test_rerun_replaces_rows_and_reader_sees_every_run(tmp_path):
@@ -30,7 +30,7 @@ def test_write_refuses_wrong_columns_and_keeps_old_rows(tmp_path):
 @pytest.mark.parametrize("table", ["epochs", "gates", "mi", "runs"])
 def test_tables_have_the_documented_columns_and_types(digits_run, table):
     results, _ = digits_run
-    documented = readme_columns(table)
+    documented = documented_columns(table)
     actual = written_columns(results, table)
     if table == "runs":
         options = [f for f in RUNS_SCHEMA.names if f in TrainConfig.__dataclass_fields__]

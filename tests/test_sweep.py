@@ -11,14 +11,17 @@ import pytest
 from csg.config import TrainConfig
 from csg.ray_train import scaling_config
 from csg.sweep import STOP_REASONS, SearchSpace, pareto_front, trial_config
-from tests.helpers import REPO, job_main, readme_columns, written_columns
+from tests.helpers import REPO, job_main, documented_columns, written_columns
 
 SWEEP_ARGS = ["--dataset", "digits", "--epochs", "3", "--batch-size", "64"]
 
 
-def test_four_trial_sweep_writes_a_row_per_trial_and_every_run_table(ray_local, tmp_path):
+def test_four_trial_sweep_writes_a_row_per_trial_and_every_run_table(ray_local, tmp_path, capsys):
     frame = job_main("tune_cifar")([*SWEEP_ARGS, "--num-samples", "4", "--max-concurrent", "2",
                                     "--grace-period", "1", "--results", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert out.count(" started: period=") == 4 and out.count("/4 done)") == 4  # one line per trial event
+    assert "Trial status" not in out and "epoch 1/" not in out  # no Tune table, no per-run progress
     tune = pd.read_parquet(tmp_path / "tune")
     assert len(tune) == 4 and set(tune["stop_reason"]) <= set(STOP_REASONS)
     configs = tune[["period", "csg_epochs", "lambda1", "lambda2", "g_density"]].apply(tuple, axis=1)
@@ -33,7 +36,7 @@ def test_four_trial_sweep_writes_a_row_per_trial_and_every_run_table(ray_local, 
     assert tune["mis"].notna().all() and tune["final_acc"].notna().all()
     assert not pareto_front(frame).empty
     assert (tmp_path / "figures" / f"tune_{tune['sweep_id'].iloc[0]}.png").is_file()
-    assert written_columns(tmp_path, "tune") == readme_columns("tune")
+    assert written_columns(tmp_path, "tune") == documented_columns("tune")
 
 
 def test_pareto_front_keeps_rows_no_other_row_beats_on_both():

@@ -65,15 +65,22 @@ def test_train_cifar_on_an_imagefolder_tree(ray_local, tmp_path):
     tree = make_imagefolder(tmp_path / "tree")
     row = job_main("train_cifar")(["--dataset", "imagefolder", "--data", str(tree), "--model", "resnet20",
                                    "--method", "csg", "--epochs", "2", "--workers", "2", "--batch-size", "6",
-                                   "--image-size", "32", "--results", str(tmp_path / "r")])
+                                   "--image-size", "32", "--augment", "crop", "--results", str(tmp_path / "r")])
     assert row["status"] == "finished" and row["num_classes"] == 3
     assert len(pd.read_parquet(tmp_path / "r" / "gates")) == 3 * 64
 
 
 def test_rerun_of_a_run_id_resumes_from_its_latest_checkpoint(ray_local, tmp_path, capfd):
-    args = ["--preset", "digits-resnet20", "--run-id", "again", "--results", str(tmp_path), "--period", "2"]
+    """In bf16 and channels-last, so the workers take the fast paths too (fp16 would cost 3x
+    on a CPU; its loss scale's round trip through a checkpoint is tested in test_precision)."""
+    from csg import checkpoint as ckpt_lib
+
+    args = ["--preset", "digits-resnet20", "--run-id", "again", "--results", str(tmp_path), "--period", "2",
+            "--amp", "bf16", "--channels-last"]
     job_main("train_cifar")([*args, "--epochs", "2"])
     first = pd.read_parquet(tmp_path / "epochs")
+    saved = ckpt_lib.read(ckpt_lib.latest_checkpoint(str(tmp_path / "checkpoints"), "again"))
+    assert saved["config"]["amp"] == "bf16" and saved["config"]["channels_last"]
     row = job_main("train_cifar")([*args, "--epochs", "3"])
     assert "resuming after epoch 2" in capfd.readouterr().out
     epochs = pd.read_parquet(tmp_path / "epochs")
