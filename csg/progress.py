@@ -9,6 +9,7 @@ update a line in place.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ class ProgressLine:
         self.every = 1 if verbose else max(1, round(epochs / 10))
         self.first_seen: tuple[float, int] | None = None
         self.open_line = False
+        self._width = 0
 
     def resumed(self, epoch: int) -> None:
         self._line(f"[{self.run_id}] resuming after epoch {epoch + 1}")
@@ -32,7 +34,9 @@ class ProgressLine:
         done = row["epoch"] + 1
         text = self.format(row, images_per_s, self._eta(done, row["epoch_time_s"]))
         if self.in_place:
-            self.stream.write("\r" + text.ljust(getattr(self, "_width", 0)))
+            # A line wider than the terminal wraps, and "\r" then rewrites only its last row.
+            text = text[: shutil.get_terminal_size().columns - 1]
+            self.stream.write("\r" + text.ljust(self._width))
             self._width = len(text)
             self.open_line = True
             self.stream.flush()
@@ -40,7 +44,8 @@ class ProgressLine:
             self._line(text)
 
     def format(self, row: dict, images_per_s: float, eta_s: float) -> str:
-        parts = [f"[{self.run_id}] epoch {row['epoch'] + 1}/{self.epochs} {row['path']:>5}",
+        prefix = "" if self.in_place else f"[{self.run_id}] "
+        parts = [f"{prefix}epoch {row['epoch'] + 1}/{self.epochs} {row['path']:>5}",
                  f"loss {row['loss_total']:.4f}", f"test_acc {row['test_acc']:.4f}"]
         if not math.isnan(row["l1_density"]):
             parts.append(f"l1_density {row['l1_density']:.4f}")

@@ -29,13 +29,19 @@ def test_in_a_log_a_line_at_the_first_epoch_about_every_tenth_and_the_last():
                       "40/45", "44/45", "45/45"]
 
 
-def test_in_a_terminal_one_line_is_rewritten_in_place():
+def test_in_a_terminal_one_line_is_rewritten_in_place_within_the_terminal_width(monkeypatch):
+    """The start line names the run, so the line in place leaves the run id out."""
+    monkeypatch.setenv("COLUMNS", "200")
     terminal = _Terminal()
     _feed(ProgressLine("r", 5, terminal), 5)
     text = terminal.getvalue()
     assert text.count("\n") == 1 and text.endswith("\n") and text.count("\r") == 5
     last = text.rstrip("\n").split("\r")[-1]
-    assert "epoch 5/5" in last and "1,234 img/s" in last and "2.0s/epoch" in last
+    assert last.startswith("epoch 5/5") and "1,234 img/s" in last and "2.0s/epoch" in last
+    monkeypatch.setenv("COLUMNS", "40")
+    narrow = _Terminal()
+    _feed(ProgressLine("r", 5, narrow), 5)
+    assert max(len(part) for part in narrow.getvalue().split("\r")) <= 40
 
 
 def test_the_line_carries_path_loss_accuracy_density_speed_and_eta():
