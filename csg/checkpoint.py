@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 STATE_FILE = "state.pt"
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of its checkpoints
 
 
 def save(folder: Path, model, gate, optimizers, schedulers, cfg, epoch: int, history: list,
@@ -71,6 +72,24 @@ def latest_checkpoint(storage: str, run_name: str) -> Path:
     local = [Path(f) if isinstance(filesystem, pafs.LocalFileSystem)
              else Path(Checkpoint(f, filesystem).to_directory()) for f in folders]
     return max(local, key=lambda folder: read(folder)["epoch"])
+
+
+def latest_registered(storage: str, run_name: str) -> tuple[str, int] | None:
+    """The checkpoint Ray Train would resume `run_name` from, as (its directory, its epoch):
+    the latest in Ray's checkpoint-manager snapshot, which lists only finished uploads."""
+    import json
+
+    from csg.results import filesystem_of
+
+    filesystem, base = filesystem_of(storage)
+    try:
+        with filesystem.open_input_stream(f"{base}/{run_name}/{SNAPSHOT_FILE}") as stream:
+            latest = json.loads(stream.read()).get("latest_checkpoint_result")
+    except FileNotFoundError:
+        return None
+    if not latest:
+        return None
+    return f"{storage.rstrip('/')}/{run_name}/{latest['checkpoint_dir_name']}", latest["metrics"]["epoch"]
 
 
 def restore_model(folder: Path, state: dict | None = None):

@@ -107,16 +107,18 @@ def training_main(default_preset: str, description: str, argv=None) -> dict:
 
 
 def run_or_exit(parser: argparse.ArgumentParser, launch, *args):
-    """Call `launch`; bad storage or run ids exit 2 and failed runs exit 1, each with one line."""
-    from csg.cluster import StorageError
-    from csg.launch import RunError
+    """Call `launch`; bad storage or run ids exit 2, failed runs and refused writes exit 1, an
+    interrupted run exits 130 (as a shell reports Ctrl-C), each with one line."""
+    from csg.cluster import ClusterUnresponsive, StorageError
+    from csg.launch import RunError, RunInterrupted
+    from csg.results import StoreError
 
     try:
         return launch(*args)
     except (StorageError, ConfigError) as exc:
         parser.error(str(exc))
-    except RunError as exc:
-        parser.exit(1, f"{parser.prog}: error: {exc}\n")
+    except (RunError, StoreError, ClusterUnresponsive) as exc:
+        parser.exit(130 if isinstance(exc, RunInterrupted) else 1, f"{parser.prog}: error: {exc}\n")
 
 
 def parse_config(parser: argparse.ArgumentParser, argv=None, extra=()) -> tuple[TrainConfig, DatasetInfo, dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -41,7 +42,25 @@ def init_ray(**local_kwargs) -> None:
     # Ray Train's node-drain watcher serves clusters of preemptible nodes; on one machine it
     # only logs a core-worker error at every run's start.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(address="local", logging_level=logging.WARNING, **local_kwargs)
+    dashboard_port = free_port()
+    ray.init(address="local", logging_level=logging.WARNING, dashboard_port=dashboard_port,
+             runtime_env={"env_vars": {STATE_API_ADDRESS: f"http://127.0.0.1:{dashboard_port}"}}, **local_kwargs)
+
+
+# Ray Train's PlacementGroupCleaner (a detached actor per run) asks the state API whether the
+# run's controller lives, without an address. Ray then guesses the cluster from the running
+# processes; with a second Ray on the machine it raises "Found multiple active Ray instances",
+# the cleaner's thread dies, and when a Tune trial ends abruptly its placement group is never
+# removed: its CPUs stay held and the next trials wait. Ray 2.60 catches only state-API errors
+# there (Ray PR 65447, open, catches this one). Naming this Ray's dashboard to every worker
+# (the cleaner takes its controller's environment, the controller the job's) removes the guess.
+STATE_API_ADDRESS = "RAY_API_SERVER_ADDRESS"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def check_relative_paths(options: dict[str, str | None]) -> None:
@@ -66,7 +85,7 @@ def check_visible_from_every_node(options: dict[str, str]) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    nodes = alive_nodes()
     local = {option: path for option, path in options.items() if "://" not in path}
     if len(nodes) < 2 or not local:
         return
@@ -88,6 +107,33 @@ def check_visible_from_every_node(options: dict[str, str]) -> None:
                 f"--{option}: {path} is local to this machine; node(s) {', '.join(blind)} cannot see it. "
                 f"On a multi-node cluster use a shared mount or a URI (s3://, gs://)"
             )
+
+
+GCS_TIMEOUT_S = 30.0
+
+
+class ClusterUnresponsive(RuntimeError):
+    """Ray's control store (GCS) did not answer in time; the message is one line."""
+
+
+def alive_nodes(timeout_s: float = GCS_TIMEOUT_S) -> list[str]:
+    """The ids of the cluster's live nodes, or ClusterUnresponsive after `timeout_s`.
+    `ray.nodes()` goes through Ray's global-state accessor, which waits on the GCS with no
+    deadline and takes none (Ray issues 20158 and 20899, open in 2.60): a GCS that is up but
+    not answering hangs the caller forever. This asks the same question with a deadline."""
+    from ray._private.worker import global_worker
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+    from ray.exceptions import RpcError
+
+    try:
+        infos = global_worker.gcs_client.get_all_node_info(
+            timeout=timeout_s, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
+    except RpcError as exc:
+        raise ClusterUnresponsive(
+            f"Ray's GCS at {global_worker.gcs_client.address} did not list the cluster's nodes within "
+            f"{timeout_s:.0f} s ({exc.rpc_code}); check the head with `ray status`, restart it if it stays silent"
+        ) from None
+    return [node_id.hex() for node_id in infos]
 
 
 def _marker_exists(path: str) -> bool:

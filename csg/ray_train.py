@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -211,6 +212,28 @@ def scaling_config(cfg: TrainConfig) -> ScalingConfig:
                          resources_per_worker={**cpus, "GPU": cfg.gpus_per_worker})
 
 
+def placement_attempts() -> int:
+    """Ray Train retries placing its workers forever by default, one attempt per worker-group
+    start timeout (60 s): on a cluster whose CPUs a leaked placement group holds, a run would
+    wait for ever. Bounded, it fails after CSG_RESOURCE_WAIT_S (default 30 min) with Ray's
+    startup-timeout error."""
+    wait_s = float(os.environ.get("CSG_RESOURCE_WAIT_S", 1800))
+    attempt_s = float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 60))
+    return max(1, math.ceil(wait_s / attempt_s))
+
+
+def unplaced(exc: BaseException, cfg: TrainConfig) -> str | None:
+    """What to tell the user when `fit` gave up placing the workers (placement_attempts)."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    if not isinstance(getattr(exc, "controller_failure", None), WorkerGroupStartupTimeoutError):
+        return None
+    wait_s = os.environ.get("CSG_RESOURCE_WAIT_S", "1800")
+    each = scaling_config(cfg).resources_per_worker
+    return (f"{cfg.workers} worker(s) of {each} each could not be placed within {wait_s} s (CSG_RESOURCE_WAIT_S): "
+            f"other jobs or a leaked placement group hold the cluster; see `ray status`")
+
+
 def fit(cfg: TrainConfig, run_id: str, callbacks=(), progress_queue=None) -> tuple[dict, ray.train.Result]:
     """Run one training under Ray Train; returns rank 0's summary and the Ray result.
     `callbacks` are Ray Train callbacks (a Tune trial passes the one that reports to Tune);
@@ -229,7 +252,8 @@ def fit(cfg: TrainConfig, run_id: str, callbacks=(), progress_queue=None) -> tup
                 checkpoint_score_attribute=SCORE,
                 checkpoint_score_order="max",
             ),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            failure_config=FailureConfig(max_failures=cfg.max_failures,
+                                         controller_failure_limit=placement_attempts()),
             callbacks=list(callbacks),
             logging_config=LoggingConfig(log_level="INFO" if cfg.verbose else "WARNING"),
         ),

@@ -188,6 +188,10 @@ def _absolute(path: str) -> str:
     return str(Path(path).absolute())
 
 
+class StoreError(OSError):
+    """A write the results root refused (read-only, full, gone); the message is one line."""
+
+
 class ResultStore:
     def __init__(self, root: str):
         self.root = root
@@ -197,15 +201,27 @@ class ResultStore:
         return f"{self.base}/{table}"
 
     def write(self, table: str, run_id: str, frame: pd.DataFrame, schema: pa.Schema | None = None):
-        """Replace the rows of `run_id` in `table` atomically."""
+        """Replace the rows of `run_id` in `table` atomically. A write that fails (a full or
+        read-only root) leaves the previous part file as it was and no temporary file behind."""
         schema = schema or SCHEMAS[table]
         arrow = pa.Table.from_pandas(frame.drop(columns="run_id", errors="ignore"),
                                      schema=schema, preserve_index=False)
         folder = f"{self.table_path(table)}/run_id={run_id}"
-        self.fs.create_dir(folder, recursive=True)
         tmp = f"{folder}/.tmp-{uuid.uuid4().hex}.parquet"
-        pq.write_table(arrow, tmp, filesystem=self.fs)
-        self.fs.move(tmp, f"{folder}/part-0.parquet")
+        try:
+            self.fs.create_dir(folder, recursive=True)
+            pq.write_table(arrow, tmp, filesystem=self.fs)
+            self.fs.move(tmp, f"{folder}/part-0.parquet")
+        except OSError as exc:
+            self._discard(tmp)
+            raise StoreError(f"cannot write table {table} of run {run_id} under {self.root}: {first_line(exc)}; "
+                             f"rows written before are intact") from exc
+
+    def _discard(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except OSError:
+            pass  # never created, or the root refuses even this: readers skip dot files anyway
 
     def read(self, table: str, run_id: str | None = None) -> pd.DataFrame:
         path = self.table_path(table)
@@ -222,6 +238,11 @@ class ResultStore:
     def exists(self, table: str, run_id: str) -> bool:
         info = self.fs.get_file_info(f"{self.table_path(table)}/run_id={run_id}/part-0.parquet")
         return info.type == pafs.FileType.File
+
+
+def first_line(exc: BaseException) -> str:
+    """An OS error as its reason alone (pyarrow repeats the errno in a second line)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def schema_of_dataclass(cls) -> pa.Schema:

@@ -101,8 +101,9 @@ def run_trial(config: dict, base: dict, sweep_id: str) -> None:
 
     cfg = TrainConfig.from_saved({**base, **trial_overrides(config)})
     info = describe(cfg.dataset, cfg.data)  # validated by the driver, GPUs included
+    # The sweep owns its trials' leases, so a resumed sweep re-enters them at once.
     train(cfg, info, trial_run_id(sweep_id, tune.get_context().get_trial_id()), [TuneReportCallback()],
-          show_progress=False)
+          show_progress=False, owner=f"sweep {sweep_id}")
 
 
 def trial_run_id(sweep_id: str, trial_id: str) -> str:

@@ -1,0 +1,47 @@
+"""The state of every run under a results root; with --check, every part file read back whole.
+
+    python jobs/status.py --results results            # running / stale / interrupted / finished / ...
+    python jobs/status.py --results results --check    # also name each unreadable part file; exit 1 if any
+
+A run is `running` while its driver's heartbeat (results/_leases/<run>.json) is fresh, and
+`stale` when its row still says running but the heartbeat stopped: its driver was killed.
+Rerunning a stale or interrupted run's id resumes it from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from csg.cli import OneLineParser
+from csg.results import ResultStore
+from csg.run_status import run_states, unreadable_parts
+
+
+def get_args_parser() -> OneLineParser:
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", required=True, help="results root: a local path or a pyarrow filesystem URI")
+    parser.add_argument("--check", action="store_true",
+                        help="read every part file of every table back; name the unreadable ones and exit 1")
+    return parser
+
+
+def main(argv=None) -> pd.DataFrame:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    store = ResultStore(args.results)
+    if not store.has_table("runs"):
+        parser.error(f"--results: no runs table under {args.results}")
+    states = run_states(store)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 80):
+        print(states.to_string(index=False, na_rep="-") if len(states) else "no readable runs")
+    if args.check:
+        bad = unreadable_parts(store)
+        for path, reason in bad.items():
+            print(f"unreadable: {path}: {reason}")
+        print(f"check: {len(bad)} unreadable part file(s); the other tables read whole")
+        if bad:
+            parser.exit(1)
+    return states
+
+
+if __name__ == "__main__":
+    main()
