@@ -21,6 +21,10 @@ agent_port="${CSG_RAY_AGENT_PORT:-52365}"
 # Ray resolves 127.0.0.1 to the machine's outward address unless it is told this is a
 # single-machine cluster; with this set, the GCS, raylet, agents and workers bind loopback.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+# Every worker of this head inherits the address of its state API. Ray Train's placement-group
+# cleaner asks that API without an address; left to guess, it fails when a second Ray runs on
+# the machine ("Found multiple active Ray instances") and a run's CPUs can stay held.
+export RAY_API_SERVER_ADDRESS="http://127.0.0.1:$dashboard_port"
 
 head_pids() {
   # Every process of this head carries its temp dir (or, for the client server, its GCS port).

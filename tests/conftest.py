@@ -6,14 +6,17 @@ import pytest
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 # A one-machine Ray on loopback, as the jobs start it (read when `ray` is first imported).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# A run whose workers cannot be placed fails after 10 minutes rather than 30 (jobs inherit it).
+os.environ.setdefault("CSG_RESOURCE_WAIT_S", "600")
 
 
 def pytest_collection_modifyitems(items):
-    """Order: tests that start Ray instances of their own (a `ray start` head, a multi-node
-    ray.cluster_utils.Cluster) first, before the session Ray exists; then tests without Ray;
-    then every test on the session Ray, back to back. With minutes of other tests between
-    two uses of the session Ray, the driver's next GCS call hung here (seen twice, at the same
-    place); kept busy, it did not."""
+    """Order, for speed only: tests that start Ray instances of their own (a `ray start` head,
+    a multi-node ray.cluster_utils.Cluster) first, before the session Ray exists, so that two
+    Rays seldom share this machine's cores; then tests without Ray; then the session Ray's.
+    The suite passes in any order (`-p random_order`): the hangs this order once avoided came
+    from a placement group leaked while two Rays ran (csg.cluster.init_ray), and a run that
+    cannot be placed now fails after CSG_RESOURCE_WAIT_S instead of waiting."""
     def rank(item):
         if item.get_closest_marker("separate_ray") is not None:
             return 0

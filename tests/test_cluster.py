@@ -1,92 +1,107 @@
 """cluster/local.sh and `ray job submit` end to end, loopback only."""
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
+import time
 
 import pandas as pd
 import psutil
 import pytest
 
+from csg import checkpoint as ckpt_lib
+from csg.local_head import LocalHead, wait_for_job
 from tests.helpers import REPO, make_imagefolder
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+TRAIN_ARGS = ["--preset", "digits-resnet20", "--workers", "1", "--batch-size", "128"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_head():
-    # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
-    temp = Path(tempfile.mkdtemp(prefix="csg-head-", dir="/tmp"))
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "CSG_RAY_TEMP": str(temp / "ray"),
-        "CSG_RAY_PORT": str(_free_port()),
-        "CSG_RAY_DASHBOARD_PORT": str(_free_port()),
-        "CSG_RAY_CLIENT_PORT": str(_free_port()),
-        "CSG_RAY_AGENT_PORT": str(_free_port()),
-        "CSG_RAY_CPUS": "2",
-    }
-    env.pop("RAY_ADDRESS", None)
-    script = str(REPO / "cluster" / "local.sh")
-    started = subprocess.run(["bash", script, "start"], env=env, capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stderr
-    try:
-        yield env, started.stdout
-    finally:
-        stopped = subprocess.run(["bash", script, "stop"], env=env, capture_output=True, text=True, timeout=60)
-        assert stopped.returncode == 0, stopped.stderr
-        assert not _head_processes(env["CSG_RAY_TEMP"]), "processes of the head outlived stop"
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def _head_processes(temp_dir: str) -> list[psutil.Process]:
-    """Live processes of the head; a zombie has exited already (its parent has yet to reap it)."""
-    roots = [p for p in psutil.process_iter(["cmdline", "status"])
-             if temp_dir in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]
-    children = [c for p in roots for c in p.children(recursive=True)]
-    return roots + [c for c in children if _alive(c)]
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    """One head for this module's jobs, as cluster/local.sh starts it; 3 logical CPUs on this
+    machine's 2 cores, so that three 1-worker jobs run at once."""
+    with LocalHead(cpus=3) as head:
+        yield head
+    assert not head.processes(), "processes of the head outlived stop"
 
 
 @pytest.mark.separate_ray
-def test_job_submit_trains_on_an_imagefolder_tree(local_head, tmp_path):
-    env, banner = local_head
-    dashboard = f"http://127.0.0.1:{env['CSG_RAY_DASHBOARD_PORT']}"
-    assert dashboard in banner and f"127.0.0.1:{env['CSG_RAY_PORT']}" in banner
+def test_jobs_at_once_on_one_results_root_all_finish_with_every_row_readable(local_head, tmp_path):
+    """A `ray job submit` from a working dir (ImageFolder data), a job from the job API and a
+    sweep, all at once on one results root."""
+    env, dashboard = local_head.env, local_head.dashboard
+    assert dashboard in local_head.banner and local_head.gcs_address in local_head.banner
     listening = {
         c.laddr.ip
-        for p in _head_processes(env["CSG_RAY_TEMP"])
+        for p in local_head.processes()
         for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
     }
     assert listening and listening <= LOOPBACK, f"head listens beyond loopback: {listening}"
 
+    client, results = local_head.jobs(), tmp_path / "results"
     tree = make_imagefolder(tmp_path / "tree")
-    results = tmp_path / "results"
-    submit = subprocess.run(
+    submit = subprocess.Popen(
         ["ray", "job", "submit", "--address", dashboard, "--working-dir", str(REPO), "--",
-         "python", "jobs/train_imagenet.py", "--data", str(tree), "--workers", "2", "--epochs", "2",
+         "python", "jobs/train_imagenet.py", "--data", str(tree), "--workers", "1", "--epochs", "2",
          "--batch-size", "6", "--image-size", "32", "--g-density", "0.5", "--loader-workers", "0",
-         "--results", str(results)],
-        env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=170,
+         "--results", str(results), "--run-id", "tree"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
-    assert "succeeded" in submit.stdout + submit.stderr
+    beside = [
+        local_head.python_job(client, "train_cifar", [*TRAIN_ARGS, "--epochs", "3", "--run-id", "digits",
+                                                      "--results", str(results)], f"digits-{tmp_path.name}"),
+        local_head.python_job(client, "tune_cifar", ["--dataset", "digits", "--epochs", "2", "--batch-size", "128",
+                                                     "--num-samples", "2", "--max-concurrent", "1", "--scheduler",
+                                                     "none", "--sweep-id", "sw", "--results", str(results)],
+                              f"sweep-{tmp_path.name}"),
+    ]
+    output, _ = submit.communicate(timeout=400)
+    assert submit.returncode == 0 and "succeeded" in output, output[-3000:]
+    for job in beside:
+        assert wait_for_job(client, job, 400) == "SUCCEEDED", client.get_job_logs(job)[-2000:]
+
     runs = pd.read_parquet(results / "runs")
-    assert runs.loc[0, "status"] == "finished" and runs.loc[0, "workers"] == 2
-    assert list(pd.read_parquet(results / "epochs")["epoch"]) == [0, 1]
+    assert len(runs) == 4 and set(runs["status"]) == {"finished"}
+    assert runs.set_index("run_id").loc["tree", "dataset"] == "imagefolder"
+    for table in ("epochs", "gates", "mi"):
+        frame = pd.read_parquet(results / table)
+        assert set(frame["run_id"].astype(str)) == set(runs["run_id"].astype(str)), table
+    assert list(pd.read_parquet(results / "epochs", filters=[("run_id", "==", "tree")])["epoch"]) == [0, 1]
+    assert len(pd.read_parquet(results / "tune")) == 2
+    stray = [p for p in results.rglob("*") if p.is_file() and p.suffix == ".parquet" and p.name != "part-0.parquet"]
+    assert not stray, f"half-written files: {stray}"
+
+
+@pytest.mark.separate_ray
+def test_ray_job_stop_records_interrupted_and_a_resubmit_resumes_each_epoch_once(local_head, tmp_path):
+    client, results = local_head.jobs(), tmp_path / "results"
+    args = [*TRAIN_ARGS, "--epochs", "12", "--run-id", "st", "--results", str(results)]
+    job = local_head.python_job(client, "train_cifar", args, f"stop-{tmp_path.name}")
+    part = results / "epochs" / "run_id=st" / "part-0.parquet"
+    deadline = time.time() + 240
+    while not (part.exists() and len(pd.read_parquet(part)) >= 2):
+        status = client.get_job_status(job).value
+        assert time.time() < deadline and status in ("PENDING", "RUNNING"), client.get_job_logs(job)[-2000:]
+        time.sleep(0.3)
+    client.stop_job(job)
+    assert wait_for_job(client, job, 120) == "STOPPED"
+    row = pd.read_parquet(results / "runs").iloc[0]
+    assert row["status"] == "interrupted", client.get_job_logs(job)[-2000:]
+    assert "interrupted (SIGTERM)" in client.get_job_logs(job)
+    assert ckpt_lib.read(row["checkpoint"])["epoch"] >= 1  # intact: it loads
+
+    again = local_head.python_job(client, "train_cifar", args, f"again-{tmp_path.name}")
+    assert wait_for_job(client, again, 300) == "SUCCEEDED", client.get_job_logs(again)[-2000:]
+    assert pd.read_parquet(results / "runs").iloc[0]["status"] == "finished"
+    assert pd.read_parquet(results / "epochs")["epoch"].tolist() == list(range(12))
+
+
+@pytest.mark.separate_ray
+def test_soak_short_form_leaves_the_head_as_it_found_it(local_head, tmp_path):
+    """bench/soak.py's short form on this module's head, after the jobs above: a run, an idle
+    gap, then a sweep with two trials at a time; no placement group, actor or worker process
+    left behind, the head's memory within bound, every run's rows present."""
+    soak = subprocess.run([sys.executable, str(REPO / "bench" / "soak.py"), "--attach", "--runs", "1", "--gap-s", "2",
+                           "--trials", "2", "--results", str(tmp_path / "results")],
+                          env=local_head.env, capture_output=True, text=True, timeout=600)
+    summary = soak.stdout.strip().splitlines()[-1]
+    assert soak.returncode == 0 and summary.endswith("OK"), soak.stdout[-3000:] + soak.stderr[-2000:]
