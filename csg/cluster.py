@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sys
 import uuid
@@ -12,6 +13,7 @@ from pathlib import Path
 # Ray resolves 127.0.0.1 to the machine's outward address unless told the cluster is one
 # machine; this switch (read when `ray` is first imported) keeps every server on loopback.
 _SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_LOOPBACK = re.compile(r"^(\w+://)?(127\.\d+\.\d+\.\d+|localhost)(:|$)")
 
 
 class StorageError(ValueError):
@@ -27,7 +29,10 @@ def init_ray(**local_kwargs) -> None:
     local Ray that listens on 127.0.0.1 only: never one a `ray start` left on this machine,
     whose address file outlives it when it is killed. Local-only arguments apply to a local
     start alone."""
-    if not joining_cluster() and "ray" not in sys.modules:
+    address = os.environ.get("RAY_ADDRESS", "")
+    if "ray" not in sys.modules and (not address or _LOOPBACK.search(address)):
+        # A loopback head (cluster/local.sh) is this one machine too: without the switch Ray
+        # would look for its GCS at the machine's outward address and never find it.
         os.environ.setdefault(_SINGLE_MACHINE, "0")
     import ray
 

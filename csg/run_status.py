@@ -7,6 +7,7 @@ driver died; rerunning its id resumes it and rewrites the row).
 """
 from __future__ import annotations
 
+import math
 import time
 
 import pandas as pd
@@ -56,7 +57,7 @@ def run_states(store: ResultStore, now: float | None = None) -> pd.DataFrame:
         latest = ckpt_lib.latest_registered(storage, run_id)
         rows.append({
             "run_id": run_id, "state": state, "epoch": _last_epoch(store, run_id), "epochs": run["epochs"],
-            "heartbeat_age_s": round(now - lease["heartbeat"], 1) if lease else None,
+            "heartbeat_age_s": round(now - lease["heartbeat"], 1) if lease else math.nan,
             "checkpoint": latest[0] if latest else None,
             "started_at": run["started_at"], "finished_at": run["finished_at"],
         })

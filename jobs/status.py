@@ -31,8 +31,13 @@ def main(argv=None) -> pd.DataFrame:
     if not store.has_table("runs"):
         parser.error(f"--results: no runs table under {args.results}")
     states = run_states(store)
-    with pd.option_context("display.width", 200, "display.max_colwidth", 80):
-        print(states.to_string(index=False, na_rep="-") if len(states) else "no readable runs")
+    # Checkpoints under the results root print relative to it, to keep the table one screen wide.
+    checkpoints = states["checkpoint"]
+    for prefix in (store.base, store.root.rstrip("/")):
+        checkpoints = checkpoints.str.removeprefix(f"{prefix}/")
+    shown = states.assign(checkpoint=checkpoints)
+    with pd.option_context("display.width", 250, "display.max_colwidth", 100):
+        print(shown.to_string(index=False, na_rep="-") if len(states) else "no readable runs")
     if args.check:
         bad = unreadable_parts(store)
         for path, reason in bad.items():
