@@ -104,6 +104,7 @@ class RunLease:
         by whoever first creates its takeover marker, named after the heartbeat judged stale,
         so of several drivers racing for it exactly one wins and the others then find the
         winner's fresh lease."""
+        waiting_since = time.time()
         while True:
             held = read(self.store, self.run_id)
             if held is None:
@@ -118,6 +119,10 @@ class RunLease:
             elif self._create_exclusive(self._marker(held), b""):
                 self._stamp()
                 return
+            elif time.time() - waiting_since > STALE_AFTER * held["interval_s"]:
+                # The takeover's winner died before stamping: its marker must not lock the id.
+                self.store.fs.delete_file(self._marker(held))
+                waiting_since = time.time()
             time.sleep(0.05)  # another driver is between its create and its write: look again
 
     def _marker(self, lease: dict) -> str:

@@ -217,9 +217,12 @@ def placement_attempts() -> int:
     start timeout (60 s): on a cluster whose CPUs a leaked placement group holds, a run would
     wait for ever. Bounded, it fails after CSG_RESOURCE_WAIT_S (default 30 min) with Ray's
     startup-timeout error."""
-    wait_s = float(os.environ.get("CSG_RESOURCE_WAIT_S", 1800))
     attempt_s = float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 60))
-    return max(1, math.ceil(wait_s / attempt_s))
+    return max(1, math.ceil(resource_wait_s() / attempt_s))
+
+
+def resource_wait_s() -> float:
+    return float(os.environ.get("CSG_RESOURCE_WAIT_S", 1800))
 
 
 def unplaced(exc: BaseException, cfg: TrainConfig) -> str | None:
@@ -228,9 +231,9 @@ def unplaced(exc: BaseException, cfg: TrainConfig) -> str | None:
 
     if not isinstance(getattr(exc, "controller_failure", None), WorkerGroupStartupTimeoutError):
         return None
-    wait_s = os.environ.get("CSG_RESOURCE_WAIT_S", "1800")
     each = scaling_config(cfg).resources_per_worker
-    return (f"{cfg.workers} worker(s) of {each} each could not be placed within {wait_s} s (CSG_RESOURCE_WAIT_S): "
+    return (f"{cfg.workers} worker(s) of {each} each could not be placed within {resource_wait_s():g} s "
+            f"(CSG_RESOURCE_WAIT_S): "
             f"other jobs or a leaked placement group hold the cluster; see `ray status`")
 
 

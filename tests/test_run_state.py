@@ -20,10 +20,10 @@ from csg.stop_signals import StopSignals
 from tests.helpers import job_main
 
 
-def _stale_lease(store: ResultStore, run_id: str, owner="host:1", age_s=3600.0):
+def _stale_lease(store: ResultStore, run_id: str, owner="host:1", age_s=3600.0, interval_s=10.0):
     folder = store.fs.normalize_path(f"{store.base}/{lease_lib.LEASES}")
     os.makedirs(folder, exist_ok=True)
-    record = {"owner": owner, "heartbeat": time.time() - age_s, "interval_s": 10.0, "host": "gone", "pid": 1}
+    record = {"owner": owner, "heartbeat": time.time() - age_s, "interval_s": interval_s, "host": "gone", "pid": 1}
     with open(f"{folder}/{run_id}.json", "w") as file:
         json.dump(record, file)
 
@@ -68,6 +68,17 @@ def test_of_drivers_racing_for_a_stale_lease_exactly_one_wins(tmp_path):
     assert len(outcomes) == 8 and len(winners) == 1
     assert lease_lib.read(store, "r")["owner"] == winners[0].owner
     winners[0].release()
+
+
+def test_a_takeover_whose_winner_died_before_stamping_does_not_lock_the_run_id(tmp_path):
+    store = ResultStore(str(tmp_path))
+    _stale_lease(store, "r", interval_s=0.1)
+    marker = RunLease(store, "r")._marker(lease_lib.read(store, "r"))
+    open(marker, "wb").close()  # the winner's marker, left by a driver killed right after it
+    start = time.time()
+    with RunLease(store, "r", owner="next"):
+        assert lease_lib.read(store, "r")["owner"] == "next"
+    assert time.time() - start < 5
 
 
 def test_sigterm_interrupts_like_ctrl_c_and_the_handlers_come_back():
