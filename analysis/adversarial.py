@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from csg.data import split_labels, stacked
-from csg.engine import gap_features
+from csg.method.engine import gap_features
 
 WHITE_BOX = ("fgsm", "pgd", "cw")
 ATTACK_DEFAULTS = {  # Appendix I
@@ -96,7 +96,7 @@ def attack_pool(checkpoint: str, split: str, pool: np.ndarray, name: str, option
     """Attack the pool images of a run's checkpoint: clean and adversarial all-layer features,
     labels, whether each attack reached its target, and whether it changed the prediction."""
     from analysis.mutual_info import checkpoint_split
-    from csg.checkpoint import restore_model
+    from csg.store.checkpoint import restore_model
 
     model, _, info = restore_model(checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -67,7 +67,7 @@ def attack_sample(checkpoint: str, name: str, indices: np.ndarray, options: dict
     """Attack the listed test images of a run's checkpoint: which were classified right, and
     which predictions the attack changed."""
     from analysis.mutual_info import checkpoint_split
-    from csg.checkpoint import restore_model
+    from csg.store.checkpoint import restore_model
 
     model, _, _ = restore_model(checkpoint)
     images, labels = stacked(checkpoint_split(checkpoint, "test"), indices)

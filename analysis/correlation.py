@@ -17,7 +17,14 @@ import numpy as np
 import pandas as pd
 
 from analysis.similarity import cosine_rows
-from analysis.studies import RunArrays, StudyError, class_means, fan_out, filter_groups, labelled
+from analysis.studies import (
+    RunArrays,
+    StudyError,
+    class_means,
+    fan_out,
+    filter_groups,
+    labelled,
+)
 
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 101), 2)
 SUMMARY_THRESHOLD = 0.1

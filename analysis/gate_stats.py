@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from csg.results import ResultStore
+from csg.store.results import ResultStore
 
 DEFAULT_TAU = 0.5
 

@@ -16,8 +16,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from analysis.localization_metrics import AP_LEVELS, METRICS, Tally, merge, method_tables
-from analysis.saliency import TEXT, GradMapSettings, activation_histogram, build_method, iou, top_thresholds
+from analysis.localization_metrics import (
+    AP_LEVELS,
+    METRICS,
+    Tally,
+    merge,
+    method_tables,
+)
+from analysis.saliency import (
+    TEXT,
+    GradMapSettings,
+    activation_histogram,
+    build_method,
+    iou,
+    top_thresholds,
+)
 from analysis.studies import Run, StudyError
 
 MAX_MAP_ELEMENTS = 1 << 24  # pixels of maps held at once by a task: (batch x filters x H x W)
@@ -69,7 +82,7 @@ def open_split(cfg, split: str, indices, batch_size: int):
 
 
 def restore(checkpoint: str):
-    from csg import checkpoint as ckpt_lib
+    from csg.store import checkpoint as ckpt_lib
 
     model, cfg, _ = ckpt_lib.restore_model(checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -146,7 +159,7 @@ def score(model, method, loader, filters, num_classes: int, thresholds=None, top
 
 def has_gap_linear_head(model: nn.Module) -> bool:
     """CAM needs logits = Linear(GAP(A)): the GatedClassifier head, not overridden."""
-    from csg.models import GatedClassifier
+    from csg.method.models import GatedClassifier
 
     return isinstance(getattr(model, "fc", None), nn.Linear) and type(model).classify is GatedClassifier.classify
 
@@ -154,8 +167,8 @@ def has_gap_linear_head(model: nn.Module) -> bool:
 def check_runs(runs: list[Run], methods, split: str) -> dict:
     """Run id -> (config, class names, labels) after refusing bad input with a StudyError:
     a split without masks, masks of the wrong size, a model without a GAP + linear head for CAM."""
-    from csg import checkpoint as ckpt_lib
     from csg import data as data_lib
+    from csg.store import checkpoint as ckpt_lib
 
     checked = {}
     for run in runs:

@@ -1,4 +1,4 @@
-"""Filter-class mutual information at scale: the exact fast estimator of `csg.mutual_info`,
+"""Filter-class mutual information at scale: the exact fast estimator of `csg.method.mutual_info`,
 fanned out over Ray, and the features it reads, extracted from a checkpoint as Ray work.
 
     M = mi_matrix(features, labels)                  # one process
@@ -17,9 +17,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from csg import data as data_lib
-from csg.checkpoint import restore_model
-from csg.engine import gap_features
-from csg.mutual_info import METHODS, jittered, mi_block, mi_matrix, mis
+from csg.method.engine import gap_features
+from csg.method.mutual_info import METHODS, jittered, mi_block, mi_matrix, mis
+from csg.store.checkpoint import restore_model
 
 __all__ = ["METHODS", "mi_matrix", "mis", "mi_matrix_ray", "extract_features", "gap_features"]
 

@@ -23,7 +23,7 @@ from analysis import figures, gate_stats
 from analysis.catalog import STUDIES
 from analysis.compare import table1
 from analysis.studies import Run, read_tables
-from csg.results import ResultStore
+from csg.store.results import ResultStore
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from csg.results import ResultStore
+from csg.store.results import ResultStore
 
 
 class StudyError(ValueError):
@@ -109,9 +109,9 @@ def load_run_arrays(checkpoint: str, split: str = "test", batch_size: int = 256)
     import torch
     from torch.utils.data import DataLoader
 
-    from csg import checkpoint as ckpt_lib
     from csg import data as data_lib
-    from csg.engine import gap_features
+    from csg.method.engine import gap_features
+    from csg.store import checkpoint as ckpt_lib
 
     state = ckpt_lib.read(checkpoint)
     model, cfg, _ = ckpt_lib.restore_model(checkpoint, state)

@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from analysis.gate_stats import balance, filters_owned
 from csg import data as data_lib
-from csg import engine
 from csg.config import PRESETS, TrainConfig, resolved_g_density
-from csg.gate import ClassSpecificGate, g_from_density
-from csg.models import build_model
-from csg.mutual_info import mi_matrix, mis
+from csg.method import engine
+from csg.method.gate import ClassSpecificGate, g_from_density
+from csg.method.models import build_model
+from csg.method.mutual_info import mi_matrix, mis
 
 DEFAULT_VARIANTS = ["preset", "lambda2=0.5", "lambda2=0.3", "lambda2=0.1", "lambda2=0.05", "lambda2=0.01",
                     "gate_momentum=0", "csg_lr=0.01", "csg_epochs=2", "warmup=6", "lambda2=0.1,epochs=45",

@@ -5,7 +5,7 @@ line naming the call, not as a process that never ends.
     python bench/idle_ray.py                      # 3 rounds of 5 idle minutes: about 17 minutes
     python bench/idle_ray.py --idle-s 30 --rounds 2
 
-Each round sleeps, then asks the GCS for the live nodes (csg.cluster.alive_nodes), runs a Ray
+Each round sleeps, then asks the GCS for the live nodes (csg.distributed.cluster.alive_nodes), runs a Ray
 task, and trains one epoch on digits through csg's own driver (launch.train), which holds a
 placement group the way the test suite's runs do. Before the rounds, the process starts and
 stops a throwaway local Ray, as the suite's processes did before hang (2).
@@ -34,9 +34,9 @@ def main(argv=None) -> int:
 
     import ray
 
-    from csg.cluster import alive_nodes, init_ray
     from csg.config import TrainConfig, validate
-    from csg.launch import train
+    from csg.distributed.cluster import alive_nodes, init_ray
+    from csg.distributed.driver import train
 
     init_ray(num_cpus=1, include_dashboard=False)  # a throwaway instance first, as in hang (2)
     ray.shutdown()

@@ -21,7 +21,7 @@ import torch
 
 from analysis.localization import score
 from analysis.saliency import CAM, TEXT, ActivMap, GradMap
-from csg.models import LAST_CONV_FILTERS, build_model
+from csg.method.models import LAST_CONV_FILTERS, build_model
 
 
 def batches(count: int, size: int, channels: int, classes: int, batch: int, seed: int = 0):

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from csg.mutual_info import mi_matrix
+from csg.method.mutual_info import mi_matrix
 
 
 def activations(n, k, c, seed=0):

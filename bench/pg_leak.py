@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        from csg.cluster import init_ray
+        from csg.distributed.cluster import init_ray
 
         if args.plain:
             ray.init(address="local", num_cpus=2, logging_level=logging.WARNING)

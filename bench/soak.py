@@ -29,8 +29,8 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
-from csg.cluster import alive_nodes
-from csg.local_head import LocalHead, wait_for_job
+from csg.distributed.cluster import alive_nodes
+from csg.testing.local_head import LocalHead, wait_for_job
 
 TRAIN_ARGS = ["--preset", "digits-resnet20", "--workers", "1", "--epochs", "2", "--batch-size", "128"]
 SWEEP_ARGS = ["--dataset", "digits", "--epochs", "2", "--batch-size", "128", "--max-concurrent", "2",

@@ -26,12 +26,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from csg import data as data_lib
-from csg import engine
 from csg.config import TrainConfig
-from csg.gate import ClassSpecificGate
-from csg.host_syncs import HostSyncCounter
-from csg.models import build_model
-from csg.precision import Precision, resolve_amp
+from csg.method import engine
+from csg.method.gate import ClassSpecificGate
+from csg.method.models import build_model
+from csg.method.precision import Precision, resolve_amp
+from csg.testing.host_syncs import HostSyncCounter
 
 REPO = Path(__file__).resolve().parents[1]
 

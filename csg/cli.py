@@ -10,7 +10,14 @@ import dataclasses
 import sys
 import typing
 
-from csg.config import CHOICES, PRESETS, ConfigError, TrainConfig, validate, with_fixed_gate_from
+from csg.config import (
+    CHOICES,
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    validate,
+    with_fixed_gate_from,
+)
 from csg.data import DatasetInfo
 
 HELP = {
@@ -99,7 +106,7 @@ def get_args_parser(default_preset: str, description: str, exclude=()) -> argpar
 
 def training_main(default_preset: str, description: str, argv=None) -> dict:
     """A training job: parse and validate, train, and turn a failed run into one line, exit 1."""
-    from csg.launch import train
+    from csg.distributed.driver import train
 
     parser = get_args_parser(default_preset, description)
     cfg, info, _ = parse_config(parser, argv)
@@ -109,9 +116,9 @@ def training_main(default_preset: str, description: str, argv=None) -> dict:
 def run_or_exit(parser: argparse.ArgumentParser, launch, *args):
     """Call `launch`; bad storage or run ids exit 2, failed runs and refused writes exit 1, an
     interrupted run exits 130 (as a shell reports Ctrl-C), each with one line."""
-    from csg.cluster import ClusterUnresponsive, StorageError
-    from csg.launch import RunError, RunInterrupted
-    from csg.results import StoreError
+    from csg.distributed.cluster import ClusterUnresponsive, StorageError
+    from csg.distributed.driver import RunError, RunInterrupted
+    from csg.store.results import StoreError
 
     try:
         return launch(*args)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csg import data as data_lib
-from csg.gate import PSI_CHOICES
-from csg.models import LAST_CONV_FILTERS, MODEL_CHOICES, TORCHVISION_RESNETS
-from csg.precision import AMP_CHOICES, compile_unavailable
+from csg.method.gate import PSI_CHOICES
+from csg.method.models import LAST_CONV_FILTERS, MODEL_CHOICES, TORCHVISION_RESNETS
+from csg.method.precision import AMP_CHOICES, compile_unavailable
 
 
 class ConfigError(ValueError):
@@ -121,7 +121,7 @@ PRESETS: dict[str, dict] = {
         momentum=0.9, epochs=30, warmup=0, period=3, csg_epochs=1, lambda2=0.15,
         lr_schedule="cosine",
     ),
-    # Digits on a 32 x 32 canvas with distractors and object masks (csg/scenes.py), for
+    # Digits on a 32 x 32 canvas with distractors and object masks (csg/data/scenes.py), for
     # localization: the same recipe, fewer epochs (each costs about 16 times a digits epoch).
     "digits-scenes-resnet20": dict(
         dataset="digits-scenes", model="resnet20", batch_size=64, optimizer="sgd", lr=0.05,
@@ -217,7 +217,7 @@ def with_fixed_gate_from(cfg: TrainConfig) -> TrainConfig:
     a class monopolizes and m2 = the mean number shared, rounded, over DIR's `gate_stats`."""
     if cfg.fixed_gate_from is None:
         return cfg
-    from csg.results import ResultStore
+    from csg.store.results import ResultStore
 
     store = ResultStore(cfg.fixed_gate_from)
     if not store.has_table("gate_stats"):
@@ -242,7 +242,7 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def _check_gate_stats_classes(results: str, num_classes: int) -> None:
-    from csg.results import ResultStore
+    from csg.store.results import ResultStore
 
     found = ResultStore(results).read("gate_stats")["class"].nunique()
     if found != num_classes:

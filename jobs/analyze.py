@@ -26,13 +26,20 @@ from analysis.blackbox import BLACK_BOX, LOCAL_SEARCH_DEFAULTS
 from analysis.catalog import STUDIES, check, run_studies, runs_for
 from analysis.kmeans import DEFAULT_N_INIT
 from analysis.masking import DEFAULT_FRACTION, DEFAULT_TAU, RULES
-from analysis.saliency import AUTHORS, CHANNEL_REDUCTIONS, METHODS, SCORINGS, TEXT, GradMapSettings
+from analysis.saliency import (
+    AUTHORS,
+    CHANNEL_REDUCTIONS,
+    METHODS,
+    SCORINGS,
+    TEXT,
+    GradMapSettings,
+)
 from analysis.studies import Run, StudyError, resolve_runs
 from csg.cli import OneLineParser
-from csg.cluster import init_ray
-from csg.mutual_info import METHODS as MI_METHODS
-from csg.results import ResultStore
-from csg.run_record import RUNS_SCHEMA, write_mi
+from csg.distributed.cluster import init_ray
+from csg.method.mutual_info import METHODS as MI_METHODS
+from csg.store.results import ResultStore
+from csg.store.run_record import RUNS_SCHEMA, write_mi
 
 
 def get_args_parser() -> argparse.ArgumentParser:

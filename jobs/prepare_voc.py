@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from csg.cli import OneLineParser
-from csg.voc import PAPER_CLASSES, VocError, prepare
+from csg.data.voc import PAPER_CLASSES, VocError, prepare
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -22,8 +22,8 @@ from analysis.report import write_report
 from analysis.studies import resolve_runs
 from csg.cli import OneLineParser, run_or_exit
 from csg.config import PRESETS, ConfigError, TrainConfig, validate
-from csg.launch import train
-from csg.results import ResultStore
+from csg.distributed.driver import train
+from csg.store.results import ResultStore
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 
 from analysis import gate_stats
-from csg import cli, sweep
-from csg.results import ResultStore
+from csg import cli
+from csg.distributed import sweeps as sweep
+from csg.store.results import ResultStore
 
 
 def get_args_parser() -> argparse.ArgumentParser:

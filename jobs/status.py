@@ -12,8 +12,8 @@ from __future__ import annotations
 import pandas as pd
 
 from csg.cli import OneLineParser
-from csg.results import ResultStore
-from csg.run_status import run_states, unreadable_parts
+from csg.store.results import ResultStore
+from csg.store.run_status import run_states, unreadable_parts
 
 
 def get_args_parser() -> OneLineParser:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-from csg import cli, sweep
-from csg.gate import PSI_CHOICES
+from csg import cli
+from csg.distributed import sweeps as sweep
+from csg.method.gate import PSI_CHOICES
 
 SPACE = sweep.SearchSpace()
 OPTIONS = sweep.SweepOptions()

@@ -15,7 +15,7 @@ def pytest_collection_modifyitems(items):
     a multi-node ray.cluster_utils.Cluster) first, before the session Ray exists, so that two
     Rays seldom share this machine's cores; then tests without Ray; then the session Ray's.
     The suite passes in any order (`-p random_order`): the hangs this order once avoided came
-    from a placement group leaked while two Rays ran (csg.cluster.init_ray), and a run that
+    from a placement group leaked while two Rays ran (csg.distributed.cluster.init_ray), and a run that
     cannot be placed now fails after CSG_RESOURCE_WAIT_S instead of waiting."""
     def rank(item):
         if item.get_closest_marker("separate_ray") is not None:
@@ -31,7 +31,7 @@ def ray_local(tmp_path_factory):
     the jobs start theirs."""
     import ray
 
-    from csg.cluster import init_ray
+    from csg.distributed.cluster import init_ray
 
     init_ray(num_cpus=2, _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield ray

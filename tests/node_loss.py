@@ -18,11 +18,11 @@ import psutil
 import ray
 from ray.cluster_utils import Cluster
 
-import csg.cluster
-from csg.cluster import StorageError, check_visible_from_every_node
+import csg.distributed.cluster
 from csg.config import PRESETS, TrainConfig, validate
-from csg.launch import train
-from csg.results import ResultStore
+from csg.distributed.cluster import StorageError, check_visible_from_every_node
+from csg.distributed.driver import train
+from csg.store.results import ResultStore
 
 
 def main(results: str, temp_dir: str) -> None:
@@ -71,16 +71,16 @@ def main(results: str, temp_dir: str) -> None:
 @contextlib.contextmanager
 def _pretend_blind(node_id: str):
     """Make one node unable to see any marker, as if the results root were not shared."""
-    original = csg.cluster._marker_exists
+    original = csg.distributed.cluster._marker_exists
 
     def marker_exists(path):
         return ray.get_runtime_context().get_node_id() != node_id and os.path.exists(path)
 
-    csg.cluster._marker_exists = marker_exists
+    csg.distributed.cluster._marker_exists = marker_exists
     try:
         yield
     finally:
-        csg.cluster._marker_exists = original
+        csg.distributed.cluster._marker_exists = original
 
 
 def _remove_node_of_a_worker(cluster, nodes, store) -> dict:

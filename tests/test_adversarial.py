@@ -4,10 +4,16 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.adversarial import attack_pool, detector_error, detector_split, draw_pool, random_targets
+from analysis.adversarial import (
+    attack_pool,
+    detector_error,
+    detector_split,
+    draw_pool,
+    random_targets,
+)
 from analysis.mutual_info import checkpoint_split
 from csg.data import split_labels
-from tests.helpers import job_main, documented_columns, written_columns
+from tests.helpers import documented_columns, job_main, written_columns
 
 
 def test_targets_are_always_another_class_and_cover_them_all():
@@ -71,7 +77,7 @@ def test_adversarial_job_writes_the_documented_table(digits_run, capsys):
 @pytest.mark.parametrize("budget", [1, 4])
 def test_local_search_never_changes_more_pixels_than_its_budget(digits_run, budget):
     from analysis.blackbox import local_search
-    from csg.checkpoint import restore_model
+    from csg.store.checkpoint import restore_model
 
     _, row = digits_run
     model, _, _ = restore_model(row["checkpoint"])

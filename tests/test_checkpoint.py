@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from csg import checkpoint, engine
 from csg.config import TrainConfig
-from csg.gate import ClassSpecificGate
-from csg.models import build_model
+from csg.method import engine
+from csg.method.gate import ClassSpecificGate
+from csg.method.models import build_model
+from csg.store import checkpoint
 
 
 def _state(num_classes=3, model="resnet20", seed=0):

@@ -7,8 +7,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from csg import checkpoint as ckpt_lib
-from csg.local_head import LocalHead, wait_for_job
+from csg.store import checkpoint as ckpt_lib
+from csg.testing.local_head import LocalHead, wait_for_job
 from tests.helpers import REPO, make_imagefolder
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}

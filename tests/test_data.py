@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 import torch
-
-from csg import data
 from PIL import Image
 
+from csg import data
 from tests.helpers import make_cifar10, make_digits_imagefolder, make_imagefolder
 
 

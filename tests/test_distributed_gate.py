@@ -7,11 +7,11 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from csg import engine
 from csg.config import TrainConfig
-from csg.gate import ClassSpecificGate
-from csg.models import build_model
-from csg.ray_train import DistributedSync
+from csg.distributed.ray_train import DistributedSync
+from csg.method import engine
+from csg.method.gate import ClassSpecificGate
+from csg.method.models import build_model
 
 
 def _rank_main(rank, port, results):

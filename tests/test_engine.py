@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from csg import engine
 from csg.config import TrainConfig
-from csg.gate import ClassSpecificGate, FixedGate
-from csg.models import build_model
+from csg.method import engine
+from csg.method.gate import ClassSpecificGate, FixedGate
+from csg.method.models import build_model
 
 
 def paths(**overrides):
@@ -134,7 +134,7 @@ def test_evaluate_and_features_use_the_std_path():
 
 @pytest.mark.parametrize("path", ["std", "csg", "joint"])
 def test_a_step_reads_the_device_once_and_the_epoch_once_more(path):
-    from csg.host_syncs import HostSyncCounter
+    from csg.testing.host_syncs import HostSyncCounter
 
     cfg, model, gate, opts = _setup(scheme="joint" if path == "joint" else "alternate")
     loader = _toy()

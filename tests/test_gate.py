@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from csg.gate import (
+from csg.method.gate import (
     ClassSpecificGate,
     FixedGate,
     fixed_gate_matrix,

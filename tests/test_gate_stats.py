@@ -6,10 +6,10 @@ import torch
 
 from analysis.gate_stats import gate_counts, summarize
 from csg.cli import get_args_parser, parse_config
-from csg.gate import fixed_gate_matrix
-from csg.ray_train import make_gate
-from csg.results import ResultStore
-from tests.helpers import job_main, documented_columns, written_columns
+from csg.distributed.ray_train import make_gate
+from csg.method.gate import fixed_gate_matrix
+from csg.store.results import ResultStore
+from tests.helpers import documented_columns, job_main, written_columns
 
 #                 f0   f1   f2   f3   f4   f5
 GATE = np.array([[1.0, 0.6, 0.4, 1.0, 0.2, 0.5],   # class 0

@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from csg import checkpoint as ckpt_lib
+from csg.store import checkpoint as ckpt_lib
 from tests.helpers import REPO, job_main
 
 EPOCHS = 8
@@ -119,7 +119,7 @@ def test_a_gcs_that_does_not_answer_is_one_line_after_the_deadline_not_a_hang(ra
     paused (alive, silent) for a few seconds: the node listing the jobs use gives up in time."""
     import psutil
 
-    from csg.cluster import ClusterUnresponsive, alive_nodes
+    from csg.distributed.cluster import ClusterUnresponsive, alive_nodes
 
     assert len(alive_nodes()) == 1
     node = ray_local._private.worker._global_node

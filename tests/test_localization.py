@@ -6,13 +6,34 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.localization import Statistics, first_per_class, has_gap_linear_head, score
-from analysis.localization_metrics import class_rows_from_filters, class_rows_from_images, focus_classes, method_tables
-from analysis.saliency import (AUTHORS, BIN_RATIO, CAM, TEXT, ActivMap, GradMap, activation_histogram, gaussian_blur,
-                               gradient_maps, iou, top_thresholds)
+from analysis.localization import (
+    Statistics,
+    first_per_class,
+    has_gap_linear_head,
+    score,
+)
+from analysis.localization_metrics import (
+    class_rows_from_filters,
+    class_rows_from_images,
+    focus_classes,
+    method_tables,
+)
+from analysis.saliency import (
+    AUTHORS,
+    BIN_RATIO,
+    CAM,
+    TEXT,
+    ActivMap,
+    GradMap,
+    activation_histogram,
+    gaussian_blur,
+    gradient_maps,
+    iou,
+    top_thresholds,
+)
 from analysis.studies import Run
-from csg.models import GatedClassifier
-from tests.helpers import job_main, documented_columns, written_columns
+from csg.method.models import GatedClassifier
+from tests.helpers import documented_columns, job_main, written_columns
 
 
 class ChannelsAsFilters(GatedClassifier):

@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from csg.models import LAST_CONV_FILTERS, MODEL_CHOICES, build_model, load_backbone_weights
+from csg.method.models import (
+    LAST_CONV_FILTERS,
+    MODEL_CHOICES,
+    build_model,
+    load_backbone_weights,
+)
 
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet32", "alexnet", "resnet18", "resnet50"])

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from csg.mutual_info import _sorted_pairs, mi_matrix, mis
+from csg.method.mutual_info import _sorted_pairs, mi_matrix, mis
 
 TOLERANCE = 1e-9
 

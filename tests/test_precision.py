@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from csg import engine
 from csg.config import TrainConfig
-from csg.gate import ClassSpecificGate
-from csg.models import GatedClassifier
-from csg.precision import Precision, compile_unavailable, resolve_amp
+from csg.method import engine
+from csg.method.gate import ClassSpecificGate
+from csg.method.models import GatedClassifier
+from csg.method.precision import Precision, compile_unavailable, resolve_amp
 from tests.test_engine import _setup, _toy
 
 CPU = torch.device("cpu")
@@ -52,7 +52,7 @@ def test_a_step_the_fp16_scaler_skips_leaves_g_the_parameters_and_momentum_untou
 
 
 def test_an_fp16_step_without_overflow_trains_g_and_its_loss_scale_survives_a_checkpoint(tmp_path):
-    from csg import checkpoint as ckpt_lib
+    from csg.store import checkpoint as ckpt_lib
 
     cfg, model, gate, opts = _setup()
     precision = Precision("fp16")

@@ -2,7 +2,7 @@
 import io
 import math
 
-from csg.progress import ProgressLine
+from csg.distributed.progress import ProgressLine
 
 
 class _Terminal(io.StringIO):
@@ -66,7 +66,7 @@ def test_verbose_prints_every_epoch_and_a_resume_on_its_own_line():
 def test_trial_events_name_the_settings_and_how_each_trial_ended():
     from types import SimpleNamespace
 
-    from csg.trial_events import TrialEvents
+    from csg.distributed.trial_events import TrialEvents
 
     said = []
     events = TrialEvents(epochs=6, say=said.append)

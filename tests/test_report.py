@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from analysis.catalog import STUDIES
-from tests.helpers import job_main, documented_columns, written_columns
+from tests.helpers import documented_columns, job_main, written_columns
 
 SECTIONS = ["overview", "training", "fig4", *STUDIES, "localization", "adversarial", "blackbox", "gate_stats", "tune"]
 STUDY_TABLES = [table for study in STUDIES.values() for table in study.tables]

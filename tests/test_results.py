@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from csg.config import TrainConfig
-from csg.results import ResultStore
-from csg.run_record import RUNS_SCHEMA
+from csg.store.results import ResultStore
+from csg.store.run_record import RUNS_SCHEMA
 from tests.helpers import documented_columns, written_columns
 
 

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from csg import lease as lease_lib
 from csg.config import TrainConfig
-from csg.lease import LeaseHeld, RunLease
-from csg.results import SCHEMAS, ResultStore, StoreError
-from csg.run_record import write_epochs, write_run
-from csg.stop_signals import StopSignals
+from csg.distributed.stop_signals import StopSignals
+from csg.store import lease as lease_lib
+from csg.store.lease import LeaseHeld, RunLease
+from csg.store.results import SCHEMAS, ResultStore, StoreError
+from csg.store.run_record import write_epochs, write_run
 from tests.helpers import job_main
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from csg import data as data_lib
-from csg.scenes import CANVAS, make_scenes, render, scenes_split
+from csg.data.scenes import CANVAS, make_scenes, render, scenes_split
 from tests.helpers import job_main
 
 

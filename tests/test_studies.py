@@ -6,8 +6,8 @@ import pytest
 from analysis import correlation, kmeans, masking, similarity
 from analysis.catalog import STUDIES
 from analysis.studies import RunArrays, StudyError, filter_groups
-from csg.results import ResultStore
-from csg.run_record import RUNS_SCHEMA
+from csg.store.results import ResultStore
+from csg.store.run_record import RUNS_SCHEMA
 from tests.helpers import job_main
 
 C, PER_CLASS = 3, 20

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from csg.config import TrainConfig
-from csg.ray_train import scaling_config
-from csg.sweep import STOP_REASONS, SearchSpace, pareto_front, trial_config
-from tests.helpers import REPO, job_main, documented_columns, written_columns
+from csg.distributed.ray_train import scaling_config
+from csg.distributed.sweeps import STOP_REASONS, SearchSpace, pareto_front, trial_config
+from tests.helpers import REPO, documented_columns, job_main, written_columns
 
 SWEEP_ARGS = ["--dataset", "digits", "--epochs", "3", "--batch-size", "64"]
 

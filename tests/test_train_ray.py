@@ -7,7 +7,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from csg.results import ResultStore
+from csg.store.results import ResultStore
 from tests.helpers import DIGITS_ARGS as ARGS
 from tests.helpers import job_main, make_imagefolder
 
@@ -73,7 +73,7 @@ def test_train_cifar_on_an_imagefolder_tree(ray_local, tmp_path):
 def test_rerun_of_a_run_id_resumes_from_its_latest_checkpoint(ray_local, tmp_path, capfd):
     """In bf16 and channels-last, so the workers take the fast paths too (fp16 would cost 3x
     on a CPU; its loss scale's round trip through a checkpoint is tested in test_precision)."""
-    from csg import checkpoint as ckpt_lib
+    from csg.store import checkpoint as ckpt_lib
 
     args = ["--preset", "digits-resnet20", "--run-id", "again", "--results", str(tmp_path), "--period", "2",
             "--amp", "bf16", "--channels-last"]
@@ -100,7 +100,7 @@ def test_divergence_is_one_line_and_keeps_rows_and_last_good_checkpoint(ray_loca
     assert list(pd.read_parquet(tmp_path / "epochs")["epoch"]) == [0, 1]
     runs = pd.read_parquet(tmp_path / "runs")
     assert runs.loc[0, "status"] == "diverged" and runs.loc[0, "epochs_completed"] == 2
-    from csg.checkpoint import read
+    from csg.store.checkpoint import read
 
     assert read(runs.loc[0, "checkpoint"])["epoch"] == 1
 

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
-from csg.scenes import scenes_split
+from csg.data.scenes import scenes_split
 
 DATASET_CHOICES = ("digits", "digits-scenes", "cifar10", "cifar100", "imagefolder")
 

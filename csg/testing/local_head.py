@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from csg.cluster import free_port
+from csg.distributed.cluster import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "cluster" / "local.sh"

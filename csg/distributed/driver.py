@@ -4,16 +4,21 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 
-from csg import checkpoint as ckpt_lib
-from csg import run_record
-from csg.cluster import StorageError, check_relative_paths, check_visible_from_every_node, init_ray
 from csg.config import ConfigError, TrainConfig, resolved_g_density, with_absolute_paths
 from csg.data import DatasetInfo
-from csg.gate import l1_interval
-from csg.lease import LeaseHeld, RunLease
-from csg.progress import ProgressFeed, ProgressLine
-from csg.results import ResultStore, first_line
-from csg.stop_signals import StopSignals
+from csg.distributed.cluster import (
+    StorageError,
+    check_relative_paths,
+    check_visible_from_every_node,
+    init_ray,
+)
+from csg.distributed.progress import ProgressFeed, ProgressLine
+from csg.distributed.stop_signals import StopSignals
+from csg.method.gate import l1_interval
+from csg.store import checkpoint as ckpt_lib
+from csg.store import run_record
+from csg.store.lease import LeaseHeld, RunLease
+from csg.store.results import ResultStore, first_line
 
 
 class RunError(RuntimeError):
@@ -38,7 +43,7 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None, callba
     """Train one validated config; returns its `runs` row as a dict. `callbacks` go to Ray Train.
     With `show_progress`, say what is starting, keep a progress line, print the summary.
 
-    The run id's lease (csg.lease) is held throughout, under `owner` (default: this driver),
+    The run id's lease (csg.store.lease) is held throughout, under `owner` (default: this driver),
     so no other driver trains the same id at once. Storage problems raise StorageError before
     any table is written; Ctrl-C or `ray job stop` record the run `interrupted` and raise
     RunInterrupted.
@@ -65,7 +70,7 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None, callba
 
 def _train_leased(cfg: TrainConfig, info: DatasetInfo, run_id: str, store: ResultStore, callbacks,
                   show_progress: bool) -> dict:
-    from csg import ray_train  # imports Ray, so only after init_ray chose how to start it
+    from csg.distributed import ray_train  # imports Ray, so only after init_ray chose how to start it
 
     low, high = l1_interval(info.num_classes, resolved_g_density(cfg, info.num_classes))
     summary = {

@@ -22,7 +22,7 @@ class HostSyncCounter:
     ('file:line' -> calls)."""
 
     def __init__(self, root: str | Path | None = None):
-        self.root = str(Path(root) if root is not None else Path(__file__).resolve().parent)
+        self.root = str(Path(root) if root is not None else Path(__file__).resolve().parents[1])
         self.sites: Counter = Counter()
         self._saved: dict = {}
 

@@ -18,7 +18,7 @@ import uuid
 
 from pyarrow import fs as pafs
 
-from csg.results import ResultStore
+from csg.store.results import ResultStore
 
 LEASES = "_leases"
 HEARTBEAT_S = float(os.environ.get("CSG_HEARTBEAT_S", "10"))

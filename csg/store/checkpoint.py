@@ -62,7 +62,7 @@ def latest_checkpoint(storage: str, run_name: str) -> Path:
     from pyarrow import fs as pafs
     from ray.train import Checkpoint
 
-    from csg.results import filesystem_of
+    from csg.store.results import filesystem_of
 
     filesystem, base = filesystem_of(storage)
     entries = filesystem.get_file_info(pafs.FileSelector(f"{base}/{run_name}", allow_not_found=True))
@@ -79,7 +79,7 @@ def latest_registered(storage: str, run_name: str) -> tuple[str, int] | None:
     the latest in Ray's checkpoint-manager snapshot, which lists only finished uploads."""
     import json
 
-    from csg.results import filesystem_of
+    from csg.store.results import filesystem_of
 
     filesystem, base = filesystem_of(storage)
     try:
@@ -97,7 +97,7 @@ def restore_model(folder: Path, state: dict | None = None):
     (or from its `state`, already read)."""
     from csg.config import TrainConfig
     from csg.data import describe
-    from csg.models import build_model
+    from csg.method.models import build_model
 
     state = read(folder) if state is None else state
     cfg = TrainConfig.from_saved(state["config"])

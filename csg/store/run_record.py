@@ -13,8 +13,8 @@ import pandas as pd
 import pyarrow as pa
 
 from csg.config import TrainConfig
-from csg.mutual_info import mi_matrix, mis
-from csg.results import RUN_SUMMARY_SCHEMA, ResultStore, schema_of_dataclass
+from csg.method.mutual_info import mi_matrix, mis
+from csg.store.results import RUN_SUMMARY_SCHEMA, ResultStore, schema_of_dataclass
 
 # run_id is the partition key, restored by the reader from the directory name.
 _CONFIG_SCHEMA = schema_of_dataclass(TrainConfig)

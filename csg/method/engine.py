@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from csg.config import TrainConfig
-from csg.gate import ClassSpecificGate, sparsity_loss
-from csg.precision import Precision
+from csg.method.gate import ClassSpecificGate, sparsity_loss
+from csg.method.precision import Precision
 
 
 def epoch_path(epoch: int, cfg: TrainConfig) -> str:

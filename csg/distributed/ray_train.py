@@ -15,18 +15,26 @@ from pathlib import Path
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import (
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from csg import checkpoint as ckpt_lib
 from csg import data as data_lib
-from csg import engine, progress, run_record
 from csg.config import TrainConfig, resolved_g_density
-from csg.gate import ClassSpecificGate, FixedGate, g_from_density, l1_density
-from csg.models import build_model
-from csg.precision import Precision, resolve_amp
-from csg.results import ResultStore
+from csg.distributed import progress
+from csg.method import engine
+from csg.method.gate import ClassSpecificGate, FixedGate, g_from_density, l1_density
+from csg.method.models import build_model
+from csg.method.precision import Precision, resolve_amp
+from csg.store import checkpoint as ckpt_lib
+from csg.store import run_record
+from csg.store.results import ResultStore
 
 SCORE = "test_acc"
 

@@ -22,11 +22,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from csg import run_record
-from csg.cluster import check_relative_paths, check_visible_from_every_node, init_ray
-from csg.config import ConfigError, TrainConfig, resolved_g_density, validate, with_absolute_paths
+from csg.config import (
+    ConfigError,
+    TrainConfig,
+    resolved_g_density,
+    validate,
+    with_absolute_paths,
+)
 from csg.data import DatasetInfo, describe
-from csg.results import SCHEMAS, ResultStore, filesystem_of
+from csg.distributed.cluster import (
+    check_relative_paths,
+    check_visible_from_every_node,
+    init_ray,
+)
+from csg.store import run_record
+from csg.store.results import SCHEMAS, ResultStore, filesystem_of
 
 # Options a sweep sets per trial or for the whole sweep, so jobs do not take them as flags.
 SEARCHED = ("period", "csg_epochs", "lambda1", "lambda2", "g_density", "psi")
@@ -97,7 +107,7 @@ def run_trial(config: dict, base: dict, sweep_id: str) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from csg.launch import train
+    from csg.distributed.driver import train
 
     cfg = TrainConfig.from_saved({**base, **trial_overrides(config)})
     info = describe(cfg.dataset, cfg.data)  # validated by the driver, GPUs included
@@ -228,7 +238,7 @@ def run_sweep(base: TrainConfig, param_space: dict, options: SweepOptions) -> pd
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from csg.trial_events import TrialEvents
+    from csg.distributed.trial_events import TrialEvents
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base.to_dict(), sweep_id=options.sweep_id), {"CPU": 0.01}
@@ -326,8 +336,8 @@ def finish_stopped_run(store: ResultStore, cfg: TrainConfig, run_id: str) -> dic
     """Finish a run Tune ended from outside, from its latest checkpoint: MI and gate tables, and
     its `runs` row with status `stopped` (`finished` if it had trained every epoch). Returns that row."""
     from analysis.mutual_info import extract_features
-    from csg import checkpoint as ckpt_lib
-    from csg.gate import g_from_density
+    from csg.method.gate import g_from_density
+    from csg.store import checkpoint as ckpt_lib
 
     folder = ckpt_lib.latest_checkpoint(cfg.storage_path, run_id)
     state = ckpt_lib.read(folder)

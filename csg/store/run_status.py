@@ -1,6 +1,6 @@
 """The true state of every run under a results root, and a check of every part file.
 
-A `runs` row says `running` from the moment its driver starts; only the run's lease (csg.lease)
+A `runs` row says `running` from the moment its driver starts; only the run's lease (csg.store.lease)
 tells a live driver from one killed outright. So the state shown here is the row's status,
 except: `running` with a fresh heartbeat is running, `running` without one is `stale` (its
 driver died; rerunning its id resumes it and rewrites the row).
@@ -14,9 +14,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from csg import checkpoint as ckpt_lib
-from csg import lease as lease_lib
-from csg.results import ResultStore, first_line
+from csg.store import checkpoint as ckpt_lib
+from csg.store import lease as lease_lib
+from csg.store.results import ResultStore, first_line
 
 COLUMNS = ["run_id", "state", "epoch", "epochs", "heartbeat_age_s", "checkpoint", "started_at", "finished_at"]
 
