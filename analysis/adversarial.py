@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from csg.data import split_labels, stacked
-from csg.method.engine import gap_features
+from csg.method.features import gap_features
 
 WHITE_BOX = ("fgsm", "pgd", "cw")
 ATTACK_DEFAULTS = {  # Appendix I
@@ -95,8 +95,7 @@ def attack_pool(checkpoint: str, split: str, pool: np.ndarray, name: str, option
                 batch_size: int = 256) -> dict:
     """Attack the pool images of a run's checkpoint: clean and adversarial all-layer features,
     labels, whether each attack reached its target, and whether it changed the prediction."""
-    from analysis.mutual_info import checkpoint_split
-    from csg.store.checkpoint import restore_model
+    from csg.store.checkpoint import checkpoint_split, restore_model
 
     model, _, info = restore_model(checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -133,7 +132,7 @@ def run_detection(checkpoints: dict[str, str], attacks, options: dict, train_siz
     (run, attack, training size, repeat) fits a detector. Rows of the `adversarial` table."""
     import ray
 
-    from analysis.mutual_info import checkpoint_split
+    from csg.store.checkpoint import checkpoint_split
 
     labels = split_labels(checkpoint_split(next(iter(checkpoints.values())), split))
     pool = draw_pool(labels, max(train_sizes) + test_per_class, np.random.default_rng(seed))

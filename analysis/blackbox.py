@@ -66,8 +66,7 @@ def _cyclic(values: torch.Tensor) -> torch.Tensor:
 def attack_sample(checkpoint: str, name: str, indices: np.ndarray, options: dict, seed: int) -> dict:
     """Attack the listed test images of a run's checkpoint: which were classified right, and
     which predictions the attack changed."""
-    from analysis.mutual_info import checkpoint_split
-    from csg.store.checkpoint import restore_model
+    from csg.store.checkpoint import checkpoint_split, restore_model
 
     model, _, _ = restore_model(checkpoint)
     images, labels = stacked(checkpoint_split(checkpoint, "test"), indices)

@@ -13,15 +13,11 @@ import time
 
 import numpy as np
 import ray
-import torch
-from torch.utils.data import DataLoader, Subset
 
-from csg import data as data_lib
-from csg.method.engine import gap_features
 from csg.method.mutual_info import METHODS, jittered, mi_block, mi_matrix, mis
-from csg.store.checkpoint import restore_model
+from csg.store.checkpoint import checkpoint_features, checkpoint_split
 
-__all__ = ["METHODS", "mi_matrix", "mis", "mi_matrix_ray", "extract_features", "gap_features"]
+__all__ = ["METHODS", "mi_matrix", "mis", "mi_matrix_ray", "extract_features"]
 
 
 def mi_matrix_ray(features, labels, n_classes=None, n_neighbors=3, random_state=0,
@@ -69,27 +65,11 @@ def extract_features(checkpoint, split="test", all_layers=False, shards=1, batch
     """Run a checkpoint's model over its data set; with `shards` > 1, as that many Ray tasks
     over disjoint contiguous slices, concatenated in order."""
     if shards <= 1:
-        return _extract_shard(str(checkpoint), split, all_layers, None, batch_size)
+        return checkpoint_features(str(checkpoint), split, all_layers, None, batch_size)
     size = len(checkpoint_split(str(checkpoint), split))
     bounds = np.linspace(0, size, shards + 1).astype(int)
     parts = ray.get([
-        ray.remote(num_cpus=1)(_extract_shard).remote(str(checkpoint), split, all_layers, (a, b), batch_size)
+        ray.remote(num_cpus=1)(checkpoint_features).remote(str(checkpoint), split, all_layers, (a, b), batch_size)
         for a, b in zip(bounds[:-1], bounds[1:])
     ])
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-
-def checkpoint_split(checkpoint, split):
-    """A checkpoint's data split ("train" or "test") as the model is evaluated on it."""
-    _, cfg, _ = restore_model(checkpoint)
-    return data_lib.evaluation_set(cfg.dataset, cfg.data, split, cfg.image_size, cfg.skip_bad_images, cfg.augment)
-
-
-def _extract_shard(checkpoint, split, all_layers, bounds, batch_size):
-    model, cfg, _ = restore_model(checkpoint)
-    dataset = checkpoint_split(checkpoint, split)
-    if bounds is not None:
-        dataset = Subset(dataset, range(*bounds))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=data_lib.collate_skipping_bad)
-    return gap_features(model.to(device), loader, device, all_layers)

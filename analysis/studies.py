@@ -96,36 +96,19 @@ def last_conv_filters(model: nn.Module) -> np.ndarray:
     return conv.weight.detach().flatten(1).cpu().numpy().astype(np.float64)
 
 
-def gate_of(state: dict) -> np.ndarray | None:
-    """The (C, K) gate saved in a checkpoint state, learned or fixed; None for an STD run."""
-    if not state.get("gate"):
-        return None
-    tensor = state["gate"].get("weight", state["gate"].get("fixed"))
-    return tensor.detach().cpu().numpy().astype(np.float64)
-
-
 def load_run_arrays(checkpoint: str, split: str = "test", batch_size: int = 256) -> RunArrays:
     """One run's arrays from one read of its checkpoint."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from csg import data as data_lib
-    from csg.method.engine import gap_features
     from csg.store import checkpoint as ckpt_lib
 
     state = ckpt_lib.read(checkpoint)
-    model, cfg, _ = ckpt_lib.restore_model(checkpoint, state)
-    dataset = data_lib.evaluation_set(cfg.dataset, cfg.data, split, cfg.image_size, cfg.skip_bad_images, cfg.augment)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=data_lib.collate_skipping_bad)
-    extracted = gap_features(model.to(device), loader, device)
-    model.cpu()
+    model, _, _ = ckpt_lib.restore_model(checkpoint, state)
+    extracted = ckpt_lib.checkpoint_features(checkpoint, split, batch_size=batch_size, state=state)
     return RunArrays(
         features=extracted["features"].astype(np.float64), labels=extracted["labels"],
         predictions=extracted["predictions"],
         fc_weight=model.fc.weight.detach().numpy().astype(np.float64),
         fc_bias=model.fc.bias.detach().numpy().astype(np.float64),
-        filters=last_conv_filters(model), gate=gate_of(state),
+        filters=last_conv_filters(model), gate=ckpt_lib.saved_gate(state),
     )
 
 

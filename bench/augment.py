@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from csg import data as data_lib  # noqa: E402
-from csg.method import engine  # noqa: E402
 from csg.config import PRESETS, TrainConfig  # noqa: E402
+from csg.method import engine  # noqa: E402
 from csg.method.models import build_model  # noqa: E402
 from tests.helpers import make_digits_imagefolder  # noqa: E402
 

@@ -32,6 +32,7 @@ from analysis.gate_stats import balance, filters_owned
 from csg import data as data_lib
 from csg.config import PRESETS, TrainConfig, resolved_g_density
 from csg.method import engine
+from csg.method.features import gap_features
 from csg.method.gate import ClassSpecificGate, g_from_density
 from csg.method.models import build_model
 from csg.method.mutual_info import mi_matrix, mis
@@ -93,7 +94,7 @@ def train(overrides: dict, seed: int, trace=None) -> dict:
         if trace is not None and path == "csg":
             trace(epoch, filters_owned(gate.matrix.detach().numpy()))
     correct, total = engine.evaluate(model, test_loader, device)
-    features = engine.gap_features(model, test_loader, device)
+    features = gap_features(model, test_loader, device)
     matrix = gate.matrix.detach().numpy()
     from scipy.stats import spearmanr
 

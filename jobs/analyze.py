@@ -289,7 +289,7 @@ def blackbox_main(parser, args) -> pd.DataFrame:
     import numpy as np
 
     from analysis.blackbox import attack_sample, blackbox_row
-    from analysis.mutual_info import checkpoint_split
+    from csg.store.checkpoint import checkpoint_split
 
     store = ResultStore(args.results)
     found = runs_to_compare(parser, store, args.runs)

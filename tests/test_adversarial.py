@@ -11,8 +11,8 @@ from analysis.adversarial import (
     draw_pool,
     random_targets,
 )
-from analysis.mutual_info import checkpoint_split
 from csg.data import split_labels
+from csg.store.checkpoint import checkpoint_split
 from tests.helpers import documented_columns, job_main, written_columns
 
 

@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from csg.config import TrainConfig
 from csg.method import engine
+from csg.method.features import gap_features
 from csg.method.gate import ClassSpecificGate, FixedGate
 from csg.method.models import build_model
 
@@ -127,7 +128,7 @@ def test_evaluate_and_features_use_the_std_path():
     cfg, model, gate, _ = _setup()
     loader = _toy()
     correct, total = engine.evaluate(model, loader, torch.device("cpu"))
-    out = engine.gap_features(model, loader, torch.device("cpu"))
+    out = gap_features(model, loader, torch.device("cpu"))
     assert total == 32 and out["features"].shape == (32, 64)
     assert correct == int((out["predictions"] == out["labels"]).sum())
 

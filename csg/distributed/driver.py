@@ -70,7 +70,9 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None, callba
 
 def _train_leased(cfg: TrainConfig, info: DatasetInfo, run_id: str, store: ResultStore, callbacks,
                   show_progress: bool) -> dict:
-    from csg.distributed import ray_train  # imports Ray, so only after init_ray chose how to start it
+    from csg.distributed import (
+        ray_train,  # imports Ray, so only after init_ray chose how to start it
+    )
 
     low, high = l1_interval(info.num_classes, resolved_g_density(cfg, info.num_classes))
     summary = {

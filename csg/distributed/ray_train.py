@@ -29,6 +29,7 @@ from csg import data as data_lib
 from csg.config import TrainConfig, resolved_g_density
 from csg.distributed import progress
 from csg.method import engine
+from csg.method.features import gap_features
 from csg.method.gate import ClassSpecificGate, FixedGate, g_from_density, l1_density
 from csg.method.models import build_model
 from csg.method.precision import Precision, resolve_amp
@@ -136,7 +137,7 @@ def _finish(cfg, run_id, model, gate, test_set, info, device, store, history, g)
     """Rank 0, after the last epoch: MI matrix on the whole test set, gate and MI tables."""
     loader = DataLoader(test_set, batch_size=max(cfg.batch_size, 256), num_workers=cfg.loader_workers,
                         collate_fn=data_lib.collate_skipping_bad)
-    features = engine.gap_features(model, loader, device)
+    features = gap_features(model, loader, device)
     matrix = gate.matrix.detach().cpu().numpy() if gate is not None else None
     return run_record.write_final(store, run_id, cfg, features, info.num_classes, matrix, history,
                                   g if gate is not None else math.nan)

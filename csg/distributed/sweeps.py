@@ -335,16 +335,15 @@ def _integer(value):
 def finish_stopped_run(store: ResultStore, cfg: TrainConfig, run_id: str) -> dict:
     """Finish a run Tune ended from outside, from its latest checkpoint: MI and gate tables, and
     its `runs` row with status `stopped` (`finished` if it had trained every epoch). Returns that row."""
-    from analysis.mutual_info import extract_features
     from csg.method.gate import g_from_density
     from csg.store import checkpoint as ckpt_lib
 
-    folder = ckpt_lib.latest_checkpoint(cfg.storage_path, run_id)
+    folder = _latest_checkpoint(cfg.storage_path, run_id)
     state = ckpt_lib.read(folder)
     row = store.read("runs", run_id).iloc[0].to_dict()
     num_classes = int(row["num_classes"])
-    gate = next(iter(state["gate"].values())).numpy() if state["gate"] else None
-    features = extract_features(folder)
+    gate = ckpt_lib.saved_gate(state)
+    features = ckpt_lib.checkpoint_features(folder, state=state)
     g = math.nan if gate is None else g_from_density(
         resolved_g_density(cfg, num_classes), num_classes, features["features"].shape[1])
     summary = {
@@ -356,6 +355,44 @@ def finish_stopped_run(store: ResultStore, cfg: TrainConfig, run_id: str) -> dic
     }
     run_record.write_run(store, run_id, cfg, summary)
     return {"run_id": run_id, **summary}
+
+
+def _latest_checkpoint(storage: str, run_name: str) -> Path:
+    """A Ray Train run's checkpoint with the highest epoch, as a local directory (downloaded
+    when the storage is remote): how a run stopped from outside is picked up again."""
+    from pyarrow import fs as pafs
+    from ray.train import Checkpoint
+
+    from csg.store.checkpoint import read
+
+    filesystem, base = filesystem_of(storage)
+    entries = filesystem.get_file_info(pafs.FileSelector(f"{base}/{run_name}", allow_not_found=True))
+    folders = [e.path for e in entries if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")]
+    if not folders:
+        raise FileNotFoundError(f"no checkpoint of run {run_name} under {storage}")
+    local = [Path(f) if isinstance(filesystem, pafs.LocalFileSystem)
+             else Path(Checkpoint(f, filesystem).to_directory()) for f in folders]
+    return max(local, key=lambda folder: read(folder)["epoch"])
+
+
+
+def _latest_checkpoint(storage: str, run_name: str) -> Path:
+    """A Ray Train run's checkpoint with the highest epoch, as a local directory (downloaded
+    when the storage is remote): how a run stopped from outside is picked up again."""
+    from pyarrow import fs as pafs
+    from ray.train import Checkpoint
+
+    from csg.store.checkpoint import read
+
+    filesystem, base = filesystem_of(storage)
+    entries = filesystem.get_file_info(pafs.FileSelector(f"{base}/{run_name}", allow_not_found=True))
+    folders = [e.path for e in entries if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")]
+    if not folders:
+        raise FileNotFoundError(f"no checkpoint of run {run_name} under {storage}")
+    local = [Path(f) if isinstance(filesystem, pafs.LocalFileSystem)
+             else Path(Checkpoint(f, filesystem).to_directory()) for f in folders]
+    return max(local, key=lambda folder: read(folder)["epoch"])
+
 
 
 def pareto_front(frame: pd.DataFrame, x: str = "mis", y: str = "final_acc") -> pd.DataFrame:

@@ -56,24 +56,6 @@ def load(folder: Path, model, gate, optimizers, schedulers, cfg) -> dict:
     return state
 
 
-def latest_checkpoint(storage: str, run_name: str) -> Path:
-    """A Ray Train run's checkpoint with the highest epoch, as a local directory (downloaded
-    when the storage is remote): how a run stopped from outside is picked up again."""
-    from pyarrow import fs as pafs
-    from ray.train import Checkpoint
-
-    from csg.store.results import filesystem_of
-
-    filesystem, base = filesystem_of(storage)
-    entries = filesystem.get_file_info(pafs.FileSelector(f"{base}/{run_name}", allow_not_found=True))
-    folders = [e.path for e in entries if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")]
-    if not folders:
-        raise FileNotFoundError(f"no checkpoint of run {run_name} under {storage}")
-    local = [Path(f) if isinstance(filesystem, pafs.LocalFileSystem)
-             else Path(Checkpoint(f, filesystem).to_directory()) for f in folders]
-    return max(local, key=lambda folder: read(folder)["epoch"])
-
-
 def latest_registered(storage: str, run_name: str) -> tuple[str, int] | None:
     """The checkpoint Ray Train would resume `run_name` from, as (its directory, its epoch):
     the latest in Ray's checkpoint-manager snapshot, which lists only finished uploads."""
@@ -92,16 +74,62 @@ def latest_registered(storage: str, run_name: str) -> tuple[str, int] | None:
     return f"{storage.rstrip('/')}/{run_name}/{latest['checkpoint_dir_name']}", latest["metrics"]["epoch"]
 
 
+def saved_config(state: dict):
+    """The TrainConfig a checkpoint state was written under (older option names included)."""
+    from csg.config import TrainConfig
+
+    return TrainConfig.from_saved(state["config"])
+
+
+def saved_gate(state: dict):
+    """The (C, K) float64 gate a checkpoint state holds, learned or fixed; None for an STD run."""
+    if not state.get("gate"):
+        return None
+    tensor = state["gate"].get("weight", state["gate"].get("fixed"))
+    return tensor.detach().cpu().numpy().astype("float64")
+
+
 def restore_model(folder: Path, state: dict | None = None):
     """(model in eval mode, its TrainConfig, its DatasetInfo) from a checkpoint directory
     (or from its `state`, already read)."""
-    from csg.config import TrainConfig
     from csg.data import describe
     from csg.method.models import build_model
 
     state = read(folder) if state is None else state
-    cfg = TrainConfig.from_saved(state["config"])
+    cfg = saved_config(state)
     info = describe(cfg.dataset, cfg.data)
     model = build_model(cfg.model, info.num_classes, info.in_channels, info.mean, info.std)
     model.load_state_dict(state["model"])
     return model.eval(), cfg, info
+
+
+def evaluation_split(cfg, split: str = "test"):
+    """A run's data split ("train" or "test") as its model is evaluated on it."""
+    from csg import data as data_lib
+
+    return data_lib.evaluation_set(cfg.dataset, cfg.data, split, cfg.image_size, cfg.skip_bad_images, cfg.augment)
+
+
+def checkpoint_split(folder: Path, split: str = "test"):
+    """The split of the run that wrote checkpoint `folder`, read from its config alone."""
+    return evaluation_split(saved_config(read(folder)), split)
+
+
+def checkpoint_features(folder: Path, split: str = "test", all_layers: bool = False, bounds=None,
+                        batch_size: int = 256, state: dict | None = None) -> dict:
+    """`gap_features` of a checkpoint's model over its split (items `bounds` = (start, stop)
+    only, when given), on the GPU when there is one; the model goes back to the CPU after."""
+    from torch.utils.data import DataLoader, Subset
+
+    from csg.data import collate_skipping_bad
+    from csg.method.features import default_device, gap_features
+
+    model, cfg, _ = restore_model(folder, state)
+    dataset = evaluation_split(cfg, split)
+    if bounds is not None:
+        dataset = Subset(dataset, range(*bounds))
+    device = default_device()
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skipping_bad)
+    features = gap_features(model.to(device), loader, device, all_layers)
+    model.cpu()
+    return features
