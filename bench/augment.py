@@ -38,7 +38,8 @@ def accuracy(root: Path, augment: str, args, seed: int) -> float:
     optimizers = engine.build_optimizers(model, None, cfg)
     schedulers = engine.build_schedulers(optimizers, cfg)
     for epoch in range(cfg.epochs):
-        engine.train_one_epoch(model, None, train, "std", optimizers["std"], cfg, 0.0, torch.device("cpu"), epoch)
+        engine.train_one_epoch(model, None, train, "std", optimizers["std"], engine.CSGLoss.of(cfg, 0.0), torch.device("cpu"),
+                               epoch=epoch)
         engine.step_schedulers(schedulers)
     correct, total = engine.evaluate(model, test, torch.device("cpu"))
     return correct / total

@@ -89,7 +89,7 @@ def train(overrides: dict, seed: int, trace=None) -> dict:
         path = engine.epoch_path(epoch, cfg)
         if path == "csg" and class_loss is None:
             class_loss = per_class_loss(model, train_set, info.num_classes)
-        engine.train_one_epoch(model, gate, loader, path, optimizers[path], cfg, g, device, epoch)
+        engine.train_one_epoch(model, gate, loader, path, optimizers[path], engine.CSGLoss.of(cfg, g), device, epoch=epoch)
         engine.step_schedulers(schedulers)
         if trace is not None and path == "csg":
             trace(epoch, filters_owned(gate.matrix.detach().numpy()))

@@ -32,6 +32,7 @@ import psutil
 from csg.distributed.cluster import alive_nodes
 from csg.testing.local_head import LocalHead, wait_for_job
 
+CHECKOUT = Path(__file__).resolve().parents[1]  # the cluster/local.sh and jobs/ it runs
 TRAIN_ARGS = ["--preset", "digits-resnet20", "--workers", "1", "--epochs", "2", "--batch-size", "128"]
 SWEEP_ARGS = ["--dataset", "digits", "--epochs", "2", "--batch-size", "128", "--max-concurrent", "2",
               "--scheduler", "none"]
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
     # loopback, which Ray would otherwise translate to the machine's outward address.
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    with nullcontext(LocalHead(env=dict(os.environ))) if args.attach else LocalHead(cpus=2) as head:
+    with nullcontext(LocalHead(CHECKOUT, env=dict(os.environ))) if args.attach else LocalHead(CHECKOUT, cpus=2) as head:
         summary, problems = soak(head, args.runs, args.gap_s, args.trials, results, args.job_timeout_s,
                                  args.memory_bound_mb)
     for problem in problems:

@@ -62,8 +62,9 @@ def stepper(args, path: str, gate_class=ClassSpecificGate):
     generator = torch.Generator().manual_seed(0)
     batch = [(torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=generator),
               torch.randint(0, args.classes, (args.batch_size,), generator=generator))]
-    return lambda: engine.train_one_epoch(runner, gate, batch, path, optimizer, cfg, g=float(model.num_filters),
-                                          device=device, precision=precision)
+    return lambda: engine.train_one_epoch(runner, gate, batch, path, optimizer,
+                                          engine.CSGLoss.of(cfg, float(model.num_filters)), device,
+                                          precision=precision)
 
 
 def step_seconds(args, steps: dict) -> dict:
@@ -89,7 +90,7 @@ def syncs_per_step(args) -> float:
     optimizer = engine.build_optimizers(model, gate, cfg)["csg"]
     batches = [(torch.rand(8, 3, args.image_size, args.image_size), torch.randint(0, args.classes, (8,)))] * 4
     with HostSyncCounter() as syncs:
-        engine.train_one_epoch(model, gate, batches, "csg", optimizer, cfg, float(model.num_filters),
+        engine.train_one_epoch(model, gate, batches, "csg", optimizer, engine.CSGLoss.of(cfg, float(model.num_filters)),
                                torch.device(args.device))
     return syncs.total / len(batches)
 
@@ -109,8 +110,9 @@ def plain_epochs(epochs: int) -> list[float]:
     seconds = []
     for epoch in range(epochs):
         path = engine.epoch_path(epoch, cfg)
-        seconds.append(engine.train_one_epoch(model, gate, loader, path, optimizers[path], cfg,
-                                              float(model.num_filters), torch.device("cpu"), epoch).seconds)
+        seconds.append(engine.train_one_epoch(model, gate, loader, path, optimizers[path],
+                                              engine.CSGLoss.of(cfg, float(model.num_filters)),
+                                              torch.device("cpu"), epoch=epoch).seconds)
     return seconds
 
 

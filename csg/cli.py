@@ -16,9 +16,9 @@ from csg.config import (
     ConfigError,
     TrainConfig,
     validate,
-    with_fixed_gate_from,
 )
 from csg.data import DatasetInfo
+from csg.store.fixed_gate import with_fixed_gate_from
 
 HELP = {
     "dataset": "data set: the embedded digits (8x8) or digits-scenes (32x32, with object masks), CIFAR "
@@ -140,8 +140,8 @@ def parse_config(parser: argparse.ArgumentParser, argv=None, extra=()) -> tuple[
     others = {name: args.pop(name) for name in extra}
     cfg = TrainConfig(**args)
     try:
-        cfg = with_fixed_gate_from(cfg)
-        info = validate(cfg)
+        cfg, fixed_gate_classes = with_fixed_gate_from(cfg)
+        info = validate(cfg, fixed_gate_classes)
     except ConfigError as exc:
         parser.error(str(exc))
     return cfg, info, others

@@ -144,11 +144,27 @@ CHOICES = {
 }
 
 
-def validate(cfg: TrainConfig) -> data_lib.DatasetInfo:
+def validate(cfg: TrainConfig, fixed_gate_classes: int | None = None) -> data_lib.DatasetInfo:
     """Check every option against the others and the data; raise ConfigError on the first problem.
 
-    Reads only metadata (class folders, pickle headers), never writes anything.
-    """
+    Reads only metadata (class folders, pickle headers), except that CIFAR-10/100 is downloaded
+    into --data (default ./data) when it is absent and the network allows. `fixed_gate_classes`
+    is the class count of the gate_stats a --fixed-gate-from gate was sized from."""
+    _check_values(cfg)
+    _check_files(cfg)
+    try:
+        data_lib.prepare(cfg.dataset, cfg.data or data_lib.DEFAULT_DATA_ROOT)
+        info = data_lib.describe(cfg.dataset, cfg.data or data_lib.DEFAULT_DATA_ROOT)
+    except data_lib.DataError as exc:
+        raise ConfigError(str(exc)) from None
+    _check_against_data(cfg, info, fixed_gate_classes)
+    _check_frozen_stages(cfg)
+    _check_device(cfg)
+    return info
+
+
+def _check_values(cfg: TrainConfig) -> None:
+    """Each option alone: its choices, its range."""
     for name, allowed in CHOICES.items():
         value = getattr(cfg, name)
         if value is not None and value not in allowed:  # None: the default that fits the data or device
@@ -167,6 +183,9 @@ def validate(cfg: TrainConfig) -> data_lib.DatasetInfo:
             _fail(name, "must be >= 0", getattr(cfg, name))
     if not 1 <= cfg.csg_epochs <= cfg.period:
         _fail("csg_epochs", f"must be between 1 and --period ({cfg.period})", cfg.csg_epochs)
+
+
+def _check_files(cfg: TrainConfig) -> None:
     if cfg.weights is not None:
         if cfg.model not in TORCHVISION_RESNETS:
             _fail("weights", f"applies to {', '.join(TORCHVISION_RESNETS)} only", cfg.model)
@@ -176,12 +195,9 @@ def validate(cfg: TrainConfig) -> data_lib.DatasetInfo:
         _fail("augment", "applies to imagefolder only (the other data sets have their own)", cfg.augment)
     if cfg.data is not None and not Path(cfg.data).is_dir():
         _fail("data", "directory does not exist", cfg.data)
-    try:
-        if cfg.dataset in data_lib.CIFAR_FILES and not data_lib.cifar_present(cfg.dataset, cfg.data):
-            data_lib.download_cifar(cfg.dataset, cfg.data or data_lib.DEFAULT_DATA_ROOT)
-        info = data_lib.describe(cfg.dataset, cfg.data or data_lib.DEFAULT_DATA_ROOT)
-    except data_lib.DataError as exc:
-        raise ConfigError(str(exc)) from None
+
+
+def _check_against_data(cfg: TrainConfig, info: data_lib.DatasetInfo, fixed_gate_classes: int | None) -> None:
     if cfg.num_classes is not None and cfg.num_classes != info.num_classes:
         _fail("num_classes", f"{cfg.dataset} at {cfg.data} has {info.num_classes} classes", cfg.num_classes)
     if cfg.batch_size > info.train_size:
@@ -191,16 +207,23 @@ def validate(cfg: TrainConfig) -> data_lib.DatasetInfo:
     C, K = info.num_classes, LAST_CONV_FILTERS[cfg.model]
     if cfg.g_density is not None and not 1 / C - 1e-12 <= cfg.g_density <= 1:
         _fail("g_density", f"must be in [1/C, 1] = [{1 / C:.6g}, 1] so that g >= K", cfg.g_density)
-    if cfg.fixed_gate_from is not None:
-        _check_gate_stats_classes(cfg.fixed_gate_from, C)
+    if fixed_gate_classes is not None and fixed_gate_classes != C:
+        _fail("fixed_gate_from", f"its gate_stats cover {fixed_gate_classes} classes, this data set has {C}",
+              cfg.fixed_gate_from)
     if cfg.method == "csg" and cfg.gate == "fixed" and (cfg.m1 < 1 or cfg.m2 < 0 or cfg.m1 * C + cfg.m2 > K):
         _fail("m1", f"need m1 >= 1, m2 >= 0 and m1*C + m2 <= K = {K} for C = {C}", f"m1={cfg.m1}, m2={cfg.m2}")
+
+
+def _check_frozen_stages(cfg: TrainConfig) -> None:
     stages = ("none", "stem", "layer1", "layer2", "layer3", "layer4")
     if cfg.model in ("resnet20", "resnet32", "resnet56", "resnet110"):
         stages = stages[:-1]
     for name in ("std_frozen", "csg_frozen"):
         if getattr(cfg, name) not in stages:
             _fail(name, f"must be one of {', '.join(stages)}", getattr(cfg, name))
+
+
+def _check_device(cfg: TrainConfig) -> None:
     import torch
 
     if cfg.gpu and not torch.cuda.is_available() and "RAY_ADDRESS" not in os.environ:
@@ -209,25 +232,6 @@ def validate(cfg: TrainConfig) -> data_lib.DatasetInfo:
         reason = compile_unavailable("cuda" if cfg.gpu else "cpu")
         if reason:
             _fail("compile", f"{reason}; run without --compile", True)
-    return info
-
-
-def with_fixed_gate_from(cfg: TrainConfig) -> TrainConfig:
-    """`--fixed-gate-from DIR`: the fixed gate of Appendix E with m1 = the mean number of filters
-    a class monopolizes and m2 = the mean number shared, rounded, over DIR's `gate_stats`."""
-    if cfg.fixed_gate_from is None:
-        return cfg
-    from csg.store.results import ResultStore
-
-    store = ResultStore(cfg.fixed_gate_from)
-    if not store.has_table("gate_stats"):
-        _fail("fixed_gate_from", "needs a gate_stats table there (written by jobs/seeds_cifar.py)",
-              cfg.fixed_gate_from)
-    stats = store.read("gate_stats")
-    per_run = stats.groupby("run_id", observed=True)
-    m1 = round(float(stats["monopolized"].mean()))
-    m2 = round(float(per_run["shared"].first().mean()))
-    return dataclasses.replace(cfg, gate="fixed", m1=max(m1, 1), m2=m2)
 
 
 def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -241,22 +245,9 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     )
 
 
-def _check_gate_stats_classes(results: str, num_classes: int) -> None:
-    from csg.store.results import ResultStore
-
-    found = ResultStore(results).read("gate_stats")["class"].nunique()
-    if found != num_classes:
-        _fail("fixed_gate_from", f"its gate_stats cover {found} classes, this data set has {num_classes}", results)
-
-
 def resolved_g_density(cfg: TrainConfig, num_classes: int) -> float:
     return 1.0 / num_classes if cfg.g_density is None else cfg.g_density
 
 
 def _fail(option: str, allowed: str, got) -> None:
     raise ConfigError(f"--{option.replace('_', '-')}: {allowed} (got {got})")
-
-
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
-

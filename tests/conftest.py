@@ -23,6 +23,15 @@ def pytest_collection_modifyitems(items):
         return 2 if "ray_local" in item.fixturenames else 1
 
     items.sort(key=rank)
+    # The fast tier (`-m "not slow"`) holds one short Ray run; any other test on Ray is `slow`.
+    unmarked = [item.nodeid for item in items if rank(item) != 1 and item.get_closest_marker("slow") is None
+                and item.nodeid.split("[")[0] not in FAST_RAY_TESTS]
+    if unmarked:
+        raise pytest.UsageError(f"tests on Ray not marked slow (@pytest.mark.slow): {', '.join(unmarked)}")
+
+
+# The fast tier's one Ray run: a 1-epoch training on the session Ray (~20 s with Ray's start).
+FAST_RAY_TESTS = {"tests/test_storage.py::test_results_root_may_be_a_filesystem_uri"}
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +55,26 @@ def digits_run(ray_local, tmp_path_factory):
     results = tmp_path_factory.mktemp("digits_run")
     row = job_main("train_cifar")([*DIGITS_ARGS, "--results", str(results), "--run-id", "plain"])
     return results, row
+
+
+@pytest.fixture
+def digits_copy(digits_run, tmp_path):
+    """digits_run's tables copied for a test that writes (or must be seen not to write):
+    (copy, row). Its checkpoints stay the shared run's, which the analyses only read."""
+    from tests.helpers import copy_results
+
+    results, row = digits_run
+    return copy_results(results, tmp_path / "digits_run"), row
+
+
+@pytest.fixture(scope="session")
+def scenes_runs(ray_local, tmp_path_factory):
+    """A CSG and an STD run on digits-scenes with its preset, 3 epochs each: (results, rows by
+    method). Shared by the preset's test and the localization job's; copy before writing."""
+    from tests.helpers import job_main
+
+    results = tmp_path_factory.mktemp("scenes_runs")
+    train = job_main("train_cifar")
+    common = ["--dataset", "digits-scenes", "--epochs", "3", "--results", str(results)]
+    rows = {method: train([*common, "--method", method, "--run-id", method]) for method in ("csg", "std")}
+    return results, rows

@@ -1,7 +1,15 @@
-"""Shared test helpers: load a job script's main() and fabricate data trees in real formats."""
+"""The tests' one support module (test modules import from here, never from each other): load
+a job script's main(), fabricate data trees and results roots in real formats, copy a shared
+run before writing into it, the engine's toy set-up, and pause a process for certain."""
+import contextlib
+import glob
+import os
 import pickle
 import re
 import runpy
+import shutil
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +55,9 @@ def make_digits_imagefolder(root: Path, size=32, per_class: int | None = None) -
     """scikit-learn's handwritten digits (the package's own train/test split) as an ImageFolder
     tree of RGB PNGs upscaled to `size`: small images whose mirror image can be another class.
     `per_class` keeps the first images of each class in each split."""
-    from csg.data import _digits_split
+    from csg.data import digits_split
 
-    x_train, x_test, y_train, y_test = _digits_split()
+    x_train, x_test, y_train, y_test = digits_split()
     for split, images, labels in (("train", x_train, y_train), ("val", x_test, y_test)):
         counts = np.zeros(10, dtype=int)
         for index, (image, label) in enumerate(zip(images, labels)):
@@ -77,3 +85,89 @@ def make_cifar10(root: Path, per_batch=20, test=20, seed=0) -> Path:
     with open(base / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
     return root
+
+
+def fabricated_runs(root, runs: dict) -> None:
+    """`runs` rows only (run id -> method, dataset): enough for an analysis's validation, which
+    runs first."""
+    import pandas as pd
+
+    from csg.store.results import ResultStore
+    from csg.store.run_record import RUNS_SCHEMA
+
+    store = ResultStore(str(root))
+    for run_id, (method, dataset) in runs.items():
+        row = {name: None for name in RUNS_SCHEMA.names}
+        row.update(method=method, dataset=dataset, num_classes=10, num_filters=64, status="finished",
+                   checkpoint=f"/nowhere/{run_id}")
+        store.write("runs", run_id, pd.DataFrame([row]), RUNS_SCHEMA)
+
+
+def copy_results(results: Path, dest: Path) -> Path:
+    """A results root's tables copied to `dest`, for a test that writes (an analysis's table,
+    a rerun's rows). The `runs` rows name their checkpoints by absolute path and the analyses
+    read checkpoints from there, read-only: the copy shares the original's checkpoints and
+    leaves out `checkpoints/` and `_leases/`. Copy `checkpoints/` yourself to train into it."""
+    shutil.copytree(results, dest, ignore=lambda folder, names: [
+        name for name in names if Path(folder) == Path(results) and name in ("checkpoints", "_leases")])
+    return dest
+
+
+def toy_loader(n=32, classes=3, seed=0):
+    """A DataLoader of `n` random 1x8x8 images in `classes` classes, batches of 8."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    y = torch.arange(n) % classes
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def engine_setup(method="csg", scheme="alternate", gate_kind="learned", **kw):
+    """A 3-class ResNet-20 on 1-channel images, its gate and optimizers, seeded: (cfg, model,
+    gate, optimizers)."""
+    import torch
+
+    from csg.config import TrainConfig
+    from csg.method import engine
+    from csg.method.gate import ClassSpecificGate, FixedGate
+    from csg.method.models import build_model
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(method=method, scheme=scheme, gate=gate_kind, epochs=2, lr=0.05, **kw)
+    model = build_model("resnet20", 3, in_channels=1, mean=(0.5,), std=(0.3,))
+    if method == "std":
+        gate = None
+    elif gate_kind == "fixed":
+        gate = FixedGate(3, 64, 20, 4)
+    else:
+        gate = ClassSpecificGate(3, 64)
+    return cfg, model, gate, engine.build_optimizers(model, gate, cfg)
+
+
+def _thread_states(pid: int) -> str:
+    states = ""
+    for stat in glob.glob(f"/proc/{pid}/task/*/stat"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            text = open(stat).read()
+            states += text[text.rindex(")") + 2]
+    return states
+
+
+@contextlib.contextmanager
+def paused(pid: int, timeout_s: float = 10.0):
+    """SIGSTOP `pid` and wait until every thread of it is stopped; SIGCONT on the way out.
+    kill() returns before the stop lands: the kernel wakes one thread to take the signal and
+    the others run on until it does, so a busy process (the GCS's gRPC threads) can still
+    answer a request made right after kill(). Linux only (/proc)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while (states := _thread_states(pid)) and set(states) - set("tT"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"process {pid} not stopped {timeout_s} s after SIGSTOP: threads {states}")
+            time.sleep(0.001)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)

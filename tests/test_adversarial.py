@@ -51,6 +51,7 @@ STRONG = {"fgsm": {"eps": 0.3}, "pgd": {"eps": 0.3, "alpha": 0.05, "steps": 10},
           "cw": {"c": 10.0, "steps": 50, "lr": 0.05}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, floor", [("fgsm", 0.5), ("pgd", 0.8), ("cw", 0.5)])
 def test_each_attack_changes_most_predictions(digits_run, name, floor):
     _, row = digits_run
@@ -61,8 +62,9 @@ def test_each_attack_changes_most_predictions(digits_run, name, floor):
     assert out["clean"].shape == out["adversarial"].shape and out["clean"].shape[0] == 100
 
 
-def test_adversarial_job_writes_the_documented_table(digits_run, capsys):
-    results, row = digits_run
+@pytest.mark.slow
+def test_adversarial_job_writes_the_documented_table(digits_copy, capsys):
+    results, row = digits_copy
     frame = job_main("analyze")(["adversarial", "--results", str(results), "--runs", row["run_id"],
                                  "--attacks", "fgsm", "pgd", "--eps", "0.3", "--train-per-class", "10", "20",
                                  "--test-per-class", "5", "--repeats", "2", "--split", "test"])
@@ -74,6 +76,7 @@ def test_adversarial_job_writes_the_documented_table(digits_run, capsys):
     assert "Table 3" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budget", [1, 4])
 def test_local_search_never_changes_more_pixels_than_its_budget(digits_run, budget):
     from analysis.blackbox import local_search
@@ -93,6 +96,7 @@ def test_local_search_never_changes_more_pixels_than_its_budget(digits_run, budg
 
 # Floors measured on this digits model with some margin: five-pixel differential evolution
 # moves most images; local search with its default budget about a quarter to a half of them.
+@pytest.mark.slow
 @pytest.mark.parametrize("name, options, floor", [
     ("onepixel", {"pixels": 5, "steps": 20}, 0.4),
     ("localsearch", {}, 0.15),
@@ -105,8 +109,9 @@ def test_black_box_attacks_change_predictions(digits_run, name, options, floor):
     assert blackbox_row(outcome)["success_rate"] > floor
 
 
-def test_blackbox_job_writes_the_documented_table(digits_run):
-    results, row = digits_run
+@pytest.mark.slow
+def test_blackbox_job_writes_the_documented_table(digits_copy):
+    results, row = digits_copy
     frame = job_main("analyze")(["blackbox", "--results", str(results), "--runs", row["run_id"],
                                  "--images", "6", "--ls-max-pixels", "5", "--de-steps", "2"])
     table = pd.read_parquet(results / "blackbox")

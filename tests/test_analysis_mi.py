@@ -1,9 +1,12 @@
 """The Ray layer of the MI analysis: fan-out, feature extraction, and the analyze job."""
 import numpy as np
 import pandas as pd
+import pytest
 
 from analysis.mutual_info import extract_features, mi_matrix, mi_matrix_ray
 from tests.helpers import job_main
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_ray_matrix_equals_the_single_process_one(ray_local):
@@ -26,8 +29,8 @@ def test_sharded_extraction_equals_one_pass_and_reads_every_conv_layer(digits_ru
     assert accuracy == pd.read_parquet(results / "runs").loc[0, "final_acc"]
 
 
-def test_analyze_mi_recomputes_the_runs_mi_table(digits_run, tmp_path):
-    results, row = digits_run
+def test_analyze_mi_recomputes_the_runs_mi_table(digits_copy):
+    results, row = digits_copy
     trained = pd.read_parquet(results / "mi")
     mis = job_main("analyze")(["mi", "--results", str(results), "--run", row["run_id"]])
     recomputed = pd.read_parquet(results / "mi")

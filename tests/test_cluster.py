@@ -12,6 +12,8 @@ from csg.testing.local_head import LocalHead, wait_for_job
 from tests.helpers import REPO, make_imagefolder
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+pytestmark = pytest.mark.slow
+
 TRAIN_ARGS = ["--preset", "digits-resnet20", "--workers", "1", "--batch-size", "128"]
 
 
@@ -19,7 +21,7 @@ TRAIN_ARGS = ["--preset", "digits-resnet20", "--workers", "1", "--batch-size", "
 def local_head():
     """One head for this module's jobs, as cluster/local.sh starts it; 3 logical CPUs on this
     machine's 2 cores, so that three 1-worker jobs run at once."""
-    with LocalHead(cpus=3) as head:
+    with LocalHead(REPO, cpus=3) as head:
         yield head
     assert not head.processes(), "processes of the head outlived stop"
 

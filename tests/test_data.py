@@ -143,3 +143,11 @@ def test_loader_workers_draw_differently_per_worker_and_rank_and_repeat_across_r
     assert len(set(rank0[:, 0].tolist())) == 4 and len(set(rank0[:, 1].tolist())) == 4  # numpy too
     assert data.loader_options(2, 7, 0, True)["persistent_workers"]
     assert "persistent_workers" not in data.loader_options(0, 7, 0, False)
+
+
+def test_every_registered_family_is_a_dataset_choice_and_an_unknown_name_is_one_line():
+    from csg.data.registry import FAMILIES
+
+    assert sorted(data.DATASET_CHOICES) == sorted(FAMILIES)
+    with pytest.raises(data.DataError, match="unknown dataset 'svhn'; choose one of"):
+        data.describe("svhn", None)

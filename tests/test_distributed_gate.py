@@ -45,8 +45,8 @@ def _rank_main(rank, port, results):
     for epoch, path in enumerate(["std", "csg", "std", "csg"]):
         sampler.set_epoch(epoch)
         role = "std" if path == "std" else "csg"
-        engine.train_one_epoch(wrapped, gate, loader, path, optimizers[role], cfg, 64.0,
-                               torch.device("cpu"), epoch, sync=sync)
+        engine.train_one_epoch(wrapped, gate, loader, path, optimizers[role], engine.CSGLoss.of(cfg, 64.0),
+                               torch.device("cpu"), epoch=epoch, sync=sync)
     everyone = [torch.empty_like(gate.weight.data) for _ in range(2)]
     dist.all_gather(everyone, gate.weight.data)
     results[rank] = (sync.steps_checked, torch.equal(everyone[0], everyone[1]), float(gate.weight.sum()))

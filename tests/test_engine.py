@@ -7,8 +7,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from csg.config import TrainConfig
 from csg.method import engine
 from csg.method.features import gap_features
-from csg.method.gate import ClassSpecificGate, FixedGate
 from csg.method.models import build_model
+from tests.helpers import engine_setup, toy_loader
+
+CPU = torch.device("cpu")
+
+
+def loss_of(cfg):
+    return engine.CSGLoss.of(cfg, 64.0)  # g = 64: one class's share of 64 filters at density 1
 
 
 def paths(**overrides):
@@ -38,7 +44,7 @@ def test_path_schedule(overrides, expected):
     [("multistep", [1, 1, 0.1, 0.01, 0.001]), ("constant", [1] * 5), ("cosine", [1, 0.9045, 0.6545, 0.3455, 0.0955])],
 )
 def test_learning_rate_schedules(schedule, expected):
-    cfg, model, gate, opts = _setup(lr_schedule=schedule)
+    cfg, model, gate, opts = engine_setup(lr_schedule=schedule)
     cfg.epochs = 5
     schedulers = engine.build_schedulers(opts, cfg)
     seen = []
@@ -48,30 +54,10 @@ def test_learning_rate_schedules(schedule, expected):
     assert seen == pytest.approx(expected, abs=1e-4)
 
 
-def _toy(n=32, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 8, 8, generator=g)
-    y = torch.arange(n) % classes
-    return DataLoader(TensorDataset(x, y), batch_size=8)
-
-
-def _setup(method="csg", scheme="alternate", gate_kind="learned", **kw):
-    torch.manual_seed(0)
-    cfg = TrainConfig(method=method, scheme=scheme, gate=gate_kind, epochs=2, lr=0.05, **kw)
-    model = build_model("resnet20", 3, in_channels=1, mean=(0.5,), std=(0.3,))
-    if method == "std":
-        gate = None
-    elif gate_kind == "fixed":
-        gate = FixedGate(3, 64, 20, 4)
-    else:
-        gate = ClassSpecificGate(3, 64)
-    return cfg, model, gate, engine.build_optimizers(model, gate, cfg)
-
-
 def test_csg_epoch_updates_gate_and_keeps_it_projected():
-    cfg, model, gate, opts = _setup(lambda2=0.5)
+    cfg, model, gate, opts = engine_setup(lambda2=0.5)
     before = gate.weight.detach().clone()
-    stats = engine.train_one_epoch(model, gate, _toy(), "csg", opts["csg"], cfg, g=64.0, device=torch.device("cpu"))
+    stats = engine.train_one_epoch(model, gate, toy_loader(), "csg", opts["csg"], loss_of(cfg), CPU)
     after = gate.weight.detach()
     assert not torch.equal(before, after)
     assert torch.equal(after.amax(0), torch.ones(64)) and after.min() >= 0
@@ -80,16 +66,16 @@ def test_csg_epoch_updates_gate_and_keeps_it_projected():
 
 
 def test_std_epoch_leaves_gate_alone():
-    cfg, model, gate, opts = _setup()
+    cfg, model, gate, opts = engine_setup()
     before = gate.weight.detach().clone()
-    stats = engine.train_one_epoch(model, gate, _toy(), "std", opts["std"], cfg, g=64.0, device=torch.device("cpu"))
+    stats = engine.train_one_epoch(model, gate, toy_loader(), "std", opts["std"], loss_of(cfg), CPU)
     assert torch.equal(before, gate.weight.detach()) and gate.weight.grad is None
     assert math.isnan(stats.loss_ce_csg) and stats.loss_ce_std > 0
 
 
 def test_joint_scheme_trains_both_paths_every_batch():
-    cfg, model, gate, opts = _setup(scheme="joint")
-    stats = engine.train_one_epoch(model, gate, _toy(), "joint", opts["joint"], cfg, g=64.0, device=torch.device("cpu"))
+    cfg, model, gate, opts = engine_setup(scheme="joint")
+    stats = engine.train_one_epoch(model, gate, toy_loader(), "joint", opts["joint"], loss_of(cfg), CPU)
     assert stats.loss_ce_std > 0 and stats.loss_ce_csg > 0
     assert stats.loss_total == pytest.approx(
         stats.loss_ce_std + cfg.lambda1 * stats.loss_ce_csg + cfg.lambda2 * stats.loss_sparsity, rel=1e-5
@@ -97,36 +83,36 @@ def test_joint_scheme_trains_both_paths_every_batch():
 
 
 def test_fixed_gate_stays_constant():
-    cfg, model, gate, opts = _setup(gate_kind="fixed")
+    cfg, model, gate, opts = engine_setup(gate_kind="fixed")
     before = gate.matrix.clone()
-    engine.train_one_epoch(model, gate, _toy(), "csg", opts["csg"], cfg, g=64.0, device=torch.device("cpu"))
+    engine.train_one_epoch(model, gate, toy_loader(), "csg", opts["csg"], loss_of(cfg), CPU)
     assert torch.equal(before, gate.matrix)
 
 
 def test_per_path_frozen_stages_and_learning_rates():
-    cfg, model, gate, opts = _setup(std_frozen="stem", csg_frozen="layer2", csg_lr=0.5)
+    cfg, model, gate, opts = engine_setup(std_frozen="stem", csg_frozen="layer2", csg_lr=0.5)
     assert opts["csg"].param_groups[0]["lr"] == 0.5 and opts["std"].param_groups[0]["lr"] == 0.05
     stem = model.stages["stem"][0].weight.detach().clone()
     layer1 = model.stages["layer1"][0].conv1.weight.detach().clone()
-    engine.train_one_epoch(model, gate, _toy(), "csg", opts["csg"], cfg, g=64.0, device=torch.device("cpu"))
+    engine.train_one_epoch(model, gate, toy_loader(), "csg", opts["csg"], loss_of(cfg), CPU)
     assert torch.equal(stem, model.stages["stem"][0].weight) and torch.equal(layer1, model.stages["layer1"][0].conv1.weight)
-    engine.train_one_epoch(model, gate, _toy(), "std", opts["std"], cfg, g=64.0, device=torch.device("cpu"))
+    engine.train_one_epoch(model, gate, toy_loader(), "std", opts["std"], loss_of(cfg), CPU)
     assert torch.equal(stem, model.stages["stem"][0].weight)
     assert not torch.equal(layer1, model.stages["layer1"][0].conv1.weight)
 
 
 def test_nan_loss_names_epoch_and_step():
-    cfg, model, gate, opts = _setup()
+    cfg, model, gate, opts = engine_setup()
     x = torch.rand(16, 1, 8, 8)
     x[9] = float("nan")
     loader = DataLoader(TensorDataset(x, torch.arange(16) % 3), batch_size=8)
     with pytest.raises(engine.DivergedError, match="not finite at epoch 4, step 1"):
-        engine.train_one_epoch(model, gate, loader, "std", opts["std"], cfg, 64.0, torch.device("cpu"), epoch=4)
+        engine.train_one_epoch(model, gate, loader, "std", opts["std"], loss_of(cfg), CPU, epoch=4)
 
 
 def test_evaluate_and_features_use_the_std_path():
-    cfg, model, gate, _ = _setup()
-    loader = _toy()
+    cfg, model, gate, _ = engine_setup()
+    loader = toy_loader()
     correct, total = engine.evaluate(model, loader, torch.device("cpu"))
     out = gap_features(model, loader, torch.device("cpu"))
     assert total == 32 and out["features"].shape == (32, 64)
@@ -137,25 +123,25 @@ def test_evaluate_and_features_use_the_std_path():
 def test_a_step_reads_the_device_once_and_the_epoch_once_more(path):
     from csg.testing.host_syncs import HostSyncCounter
 
-    cfg, model, gate, opts = _setup(scheme="joint" if path == "joint" else "alternate")
-    loader = _toy()
+    cfg, model, gate, opts = engine_setup(scheme="joint" if path == "joint" else "alternate")
+    loader = toy_loader()
     with HostSyncCounter() as syncs:
-        stats = engine.train_one_epoch(model, gate, loader, path, opts[path], cfg, 64.0, torch.device("cpu"))
+        stats = engine.train_one_epoch(model, gate, loader, path, opts[path], loss_of(cfg), CPU)
     assert syncs.total == len(loader) + 1, syncs.sites  # the divergence check per step, the sums per epoch
     assert len(syncs.sites) == 2 and 0 < stats.train_acc <= 1
 
 
 def test_a_non_finite_loss_never_reaches_the_weights():
-    cfg, model, gate, opts = _setup()
+    cfg, model, gate, opts = engine_setup()
     x = torch.rand(16, 1, 8, 8)
     x[9] = float("nan")
     reference = build_model("resnet20", 3, in_channels=1, mean=(0.5,), std=(0.3,))
     reference.load_state_dict(model.state_dict())
     ref_opts = engine.build_optimizers(reference, None, cfg)
     engine.train_one_epoch(reference, None, DataLoader(TensorDataset(x[:8], torch.arange(8) % 3), batch_size=8), "std",
-                           ref_opts["std"], cfg, 64.0, torch.device("cpu"))
+                           ref_opts["std"], loss_of(cfg), CPU)
     with pytest.raises(engine.DivergedError):
         engine.train_one_epoch(model, gate, DataLoader(TensorDataset(x, torch.arange(16) % 3), batch_size=8), "std",
-                               opts["std"], cfg, 64.0, torch.device("cpu"))
+                               opts["std"], loss_of(cfg), CPU)
     for (name, mine), theirs in zip(model.named_parameters(), reference.parameters()):
         assert torch.equal(mine, theirs), name  # step 0 applied, the NaN step 1 not

@@ -11,6 +11,8 @@ import pytest
 from tests.helpers import REPO
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(480)  # the script's own limit is 300 s
 @pytest.mark.separate_ray
 def test_node_loss_resumes_and_matches_the_uninterrupted_gate(tmp_path):
     temp = tempfile.mkdtemp(prefix="csg-nl-", dir="/tmp")  # short: Ray socket paths

@@ -35,6 +35,8 @@ def test_summary_is_per_class_m1_and_per_run_m2():
     assert (m2_mean, m2_std) == (4.0, pytest.approx(np.std([2, 6], ddof=1)))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_three_seeds_give_gate_stats_for_every_run_and_class(ray_local, tmp_path):
     stats = job_main("seeds_cifar")(["--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--seeds", "3",
                                      "--max-concurrent", "2", "--results", str(tmp_path)])

@@ -1,7 +1,10 @@
 """CPU smoke runs of the jobs not covered elsewhere (the quickstart: tests/test_report.py)."""
 import pandas as pd
+import pytest
 
 from tests.helpers import job_main, make_imagefolder
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def test_train_imagenet_preset_on_a_tiny_tree(ray_local, tmp_path):

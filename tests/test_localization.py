@@ -33,7 +33,14 @@ from analysis.saliency import (
 )
 from analysis.studies import Run
 from csg.method.models import GatedClassifier
-from tests.helpers import documented_columns, job_main, written_columns
+from tests.helpers import (
+    REPO,
+    copy_results,
+    documented_columns,
+    fabricated_runs,
+    job_main,
+    written_columns,
+)
 
 
 class ChannelsAsFilters(GatedClassifier):
@@ -197,11 +204,34 @@ def test_a_model_whose_head_is_not_gap_then_linear_has_no_cam():
     assert has_gap_linear_head(ChannelsAsFilters(2, 2)) and not has_gap_linear_head(MaxPooled(2, 2))
 
 
+def _documented_gradmap_settings():
+    """docs/analyses.md's table of GradMap's settings: {row: (text, authors' code)}."""
+    text = (REPO / "docs" / "analyses.md").read_text()
+    table = text.split("| | text (default) | `--authors-settings` (the code) |", 1)[1].split("\n\n", 1)[0]
+    return {row[0].split(" (")[0]: tuple(row[1:3]) for row in
+            ([cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:])}
+
+
 def test_authors_settings_differ_from_the_text_as_documented():
-    assert (TEXT.sigma, TEXT.channels, TEXT.scoring) == (5.0, "max-abs", "focus")
-    assert (AUTHORS.sigma, AUTHORS.truncate, AUTHORS.channels, AUTHORS.scoring, AUTHORS.top_filters) == \
-        (30.0, 1.0, "l2", "top-filters", 30)
-    assert GradMap(AUTHORS).ap == 20 and ActivMap().ap == 30 and CAM().ap == 30
+    import re
+
+    rows = _documented_gradmap_settings()
+    for settings, cell in ((TEXT, 0), (AUTHORS, 1)):
+        sigma = re.fullmatch(r"([\d.]+) \(kernel \+-([\d.]+) sigma\)", rows["blur sigma"][cell])
+        sigma, truncate = map(float, sigma.groups())
+        assert (settings.sigma, settings.truncate) == (sigma, truncate)
+        assert settings.channels == re.match(r"`([\w-]+)`", rows["colour channels"][cell]).group(1)
+        assert settings.scoring == re.match(r"`([\w-]+)`", rows["scoring"][cell]).group(1)
+    assert f"`--top-filters` ({AUTHORS.top_filters}) filters" in rows["scoring"][1]
+    # the job's --authors-settings takes the code's settings, and an option besides is refused
+    parser = job_main("analyze").__globals__["get_args_parser"]()
+    resolve = job_main("analyze").__globals__["gradmap_settings"]
+    argv = ["localize", "--results", "r", "--runs", "c"]
+    assert resolve(parser, parser.parse_args([*argv, "--authors-settings"])) == AUTHORS
+    assert resolve(parser, parser.parse_args(argv)) == TEXT
+    # the AP each method's focus class is chosen by, as docs/results.md's `focus` column states
+    assert f"AP{GradMap(AUTHORS).ap} for GradMap, AP{ActivMap().ap} for ActivMap" in \
+        (REPO / "docs" / "results.md").read_text()
 
 
 # -- bad input and the job end to end --------------------------------------------------------
@@ -216,8 +246,6 @@ BAD = {
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_localize_options_are_one_line_exit_2(case, tmp_path, capsys):
-    from tests.test_studies import fabricated_runs
-
     fabricated_runs(tmp_path, {"c": ("csg", "digits-scenes")})
     argv, option = BAD[case]
     with pytest.raises(SystemExit) as exit_info:
@@ -226,8 +254,9 @@ def test_bad_localize_options_are_one_line_exit_2(case, tmp_path, capsys):
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and option in err, err
 
 
-def test_a_run_whose_data_has_no_masks_is_refused_and_nothing_is_written(digits_run, capsys):
-    results, row = digits_run
+@pytest.mark.slow
+def test_a_run_whose_data_has_no_masks_is_refused_and_nothing_is_written(digits_copy, capsys):
+    results, row = digits_copy
     before = sorted(p.relative_to(results) for p in results.rglob("*"))
     with pytest.raises(SystemExit) as exit_info:
         job_main("analyze")(["localize", "--results", str(results), "--runs", row["run_id"]])
@@ -236,11 +265,12 @@ def test_a_run_whose_data_has_no_masks_is_refused_and_nothing_is_written(digits_
     assert sorted(p.relative_to(results) for p in results.rglob("*")) == before
 
 
-def test_localize_scores_csg_and_std_on_digits_scenes_and_writes_both_tables(ray_local, tmp_path):
-    train = job_main("train_cifar")
-    common = ["--dataset", "digits-scenes", "--epochs", "3", "--results", str(tmp_path)]
-    csg = train([*common, "--method", "csg", "--run-id", "csg"])
-    std = train([*common, "--method", "std", "--run-id", "std"])
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_localize_scores_csg_and_std_on_digits_scenes_and_writes_both_tables(scenes_runs, tmp_path):
+    shared, rows = scenes_runs
+    tmp_path = copy_results(shared, tmp_path / "results")  # the job writes tables, figures, a report
+    csg, std = rows["csg"], rows["std"]
     job_main("analyze")(["localize", "--results", str(tmp_path), "--runs", csg["run_id"], std["run_id"],
                         "--shards", "2", "--filter-block", "40", "--examples", "2", "--per-class", "12"])
     classes = pd.read_parquet(tmp_path / "localization")

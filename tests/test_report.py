@@ -16,6 +16,9 @@ from PIL import Image
 from analysis.catalog import STUDIES
 from tests.helpers import documented_columns, job_main, written_columns
 
+# The first test here trains the quickstart's two runs (~80 s); then each reads them.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
+
 SECTIONS = ["overview", "training", "fig4", *STUDIES, "localization", "adversarial", "blackbox", "gate_stats", "tune"]
 STUDY_TABLES = [table for study in STUDIES.values() for table in study.tables]
 

@@ -28,6 +28,7 @@ def test_write_refuses_wrong_columns_and_keeps_old_rows(tmp_path):
 
 
 @pytest.mark.parametrize("table", ["epochs", "gates", "mi", "runs"])
+@pytest.mark.slow
 def test_tables_have_the_documented_columns_and_types(digits_run, table):
     results, _ = digits_run
     documented = documented_columns(table)

@@ -6,12 +6,11 @@ import pytest
 
 from csg import data as data_lib
 from csg.data.scenes import CANVAS, make_scenes, render, scenes_split
-from tests.helpers import job_main
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return data_lib._digits_split()[1]  # the 360 test digits, (N, 1, 8, 8)
+    return data_lib.digits_split()[1]  # the 360 test digits, (N, 1, 8, 8)
 
 
 def test_scenes_are_deterministic_from_the_seed(digits):
@@ -48,9 +47,12 @@ def test_the_data_set_its_masks_and_its_preset():
     assert np.array_equal(test.tensors[1].numpy(), scenes_split()["test"]["labels"])
 
 
-def test_digits_scenes_trains_with_its_preset(ray_local, tmp_path):
-    row = job_main("train_cifar")(["--dataset", "digits-scenes", "--epochs", "2", "--batch-size", "128",
-                                   "--results", str(tmp_path)])
-    runs = pd.read_parquet(tmp_path / "runs")
-    assert row["status"] == "finished" and runs.loc[0, "dataset"] == "digits-scenes"
-    assert runs.loc[0, "workers"] == 2 and runs.loc[0, "lambda2"] == 0.3  # from the digits-scenes preset
+@pytest.mark.slow
+def test_digits_scenes_trains_with_its_preset(scenes_runs):
+    """Given only --dataset, the run takes the digits-scenes preset (the localization tests
+    train the same runs: tests/conftest.py's scenes_runs)."""
+    results, rows = scenes_runs
+    runs = pd.read_parquet(results / "runs").set_index("run_id")
+    assert rows["csg"]["status"] == "finished" and runs.loc["csg", "dataset"] == "digits-scenes"
+    assert runs.loc["csg", "workers"] == 2 and runs.loc["csg", "lambda2"] == 0.3  # from the digits-scenes preset
+    assert runs.loc["csg", "epochs_completed"] == 3 and runs.loc["std", "method"] == "std"

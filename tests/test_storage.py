@@ -5,6 +5,7 @@ import pytest
 from tests.helpers import job_main
 
 
+@pytest.mark.timeout(240)  # the fast tier's one Ray run (tests/conftest.py: FAST_RAY_TESTS)
 def test_results_root_may_be_a_filesystem_uri(ray_local, tmp_path):
     uri = f"file://{tmp_path}/shared"
     row = job_main("train_cifar")(["--preset", "digits-resnet20", "--epochs", "1", "--results", uri])

@@ -6,9 +6,7 @@ import pytest
 from analysis import correlation, kmeans, masking, similarity
 from analysis.catalog import STUDIES
 from analysis.studies import RunArrays, StudyError, filter_groups
-from csg.store.results import ResultStore
-from csg.store.run_record import RUNS_SCHEMA
-from tests.helpers import job_main
+from tests.helpers import fabricated_runs, job_main
 
 C, PER_CLASS = 3, 20
 
@@ -131,16 +129,6 @@ def test_kmeans_recovers_well_separated_clusters():
 
 # -- bad input: one line naming the option, exit 2, nothing written --------------------------
 
-def fabricated_runs(root, runs: dict) -> None:
-    """`runs` rows only (run id -> method, dataset): enough for validation, which runs first."""
-    store = ResultStore(str(root))
-    for run_id, (method, dataset) in runs.items():
-        row = {name: None for name in RUNS_SCHEMA.names}
-        row.update(method=method, dataset=dataset, num_classes=10, num_filters=64, status="finished",
-                   checkpoint=f"/nowhere/{run_id}")
-        store.write("runs", run_id, pd.DataFrame([row]), RUNS_SCHEMA)
-
-
 BAD = {
     "unknown run": (["masking", "--runs", "c", "nope"], "--runs"),
     "different data sets": (["kmeans", "--runs", "c", "other"], "--runs"),
@@ -170,8 +158,9 @@ def test_bad_study_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, c
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
-def test_a_mask_set_masking_every_filter_of_a_trained_run_exits_2_and_writes_nothing(digits_run, capsys):
-    results, row = digits_run
+@pytest.mark.slow
+def test_a_mask_set_masking_every_filter_of_a_trained_run_exits_2_and_writes_nothing(digits_copy, capsys):
+    results, row = digits_copy
     before = sorted(p.relative_to(results) for p in results.rglob("*"))
     with pytest.raises(SystemExit) as exit_info:
         job_main("analyze")(["masking", "--results", str(results), "--runs", row["run_id"], "--mask-sets", "3",
@@ -181,6 +170,7 @@ def test_a_mask_set_masking_every_filter_of_a_trained_run_exits_2_and_writes_not
     assert sorted(p.relative_to(results) for p in results.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_studies_command_runs_all_four_and_writes_their_tables_and_figures(digits_run, tmp_path):
     import shutil
 

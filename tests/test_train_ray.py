@@ -1,4 +1,5 @@
 """Ray Train end to end on digits: 2 DDP workers, tables, checkpoints, kill-and-resume."""
+import shutil
 import threading
 import time
 
@@ -10,6 +11,9 @@ import pytest
 from csg.store.results import ResultStore
 from tests.helpers import DIGITS_ARGS as ARGS
 from tests.helpers import job_main, make_imagefolder
+
+# Each run here trains on the session Ray: ~20 s, or ~50 s where digits_run is trained first.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def test_two_worker_run_writes_all_tables(digits_run):
@@ -35,6 +39,7 @@ def _worker_pids():
             if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))}
 
 
+@pytest.mark.timeout(360)
 def test_killed_worker_resumes_from_checkpoint_with_the_same_gate(digits_run, tmp_path):
     reference_dir, _ = digits_run
     results = tmp_path / "killed"
@@ -79,7 +84,7 @@ def test_rerun_of_a_run_id_resumes_from_its_latest_checkpoint(ray_local, tmp_pat
             "--amp", "bf16", "--channels-last"]
     job_main("train_cifar")([*args, "--epochs", "2"])
     first = pd.read_parquet(tmp_path / "epochs")
-    saved = ckpt_lib.read(ckpt_lib.latest_checkpoint(str(tmp_path / "checkpoints"), "again"))
+    saved = ckpt_lib.read(ckpt_lib.latest_registered(str(tmp_path / "checkpoints"), "again")[0])
     assert saved["config"]["amp"] == "bf16" and saved["config"]["channels_last"]
     row = job_main("train_cifar")([*args, "--epochs", "3"])
     assert "resuming after epoch 2" in capfd.readouterr().out
@@ -123,26 +128,26 @@ def test_corrupt_image_is_named_or_skipped_and_counted(ray_local, tmp_path, caps
         assert exit_info.value.code == 1 and f"unreadable image {bad}" in err
 
 
-def test_resuming_with_another_model_is_refused_and_loses_nothing(ray_local, tmp_path, capsys):
-    args = ["--preset", "digits-resnet20", "--epochs", "1", "--run-id", "same", "--results", str(tmp_path)]
-    job_main("train_cifar")(args)
-    before = {t: pd.read_parquet(tmp_path / t) for t in ("runs", "epochs", "gates", "mi")}
+def test_resuming_with_another_model_is_refused_and_loses_nothing(digits_copy, capsys):
+    results, row = digits_copy
+    before = {t: pd.read_parquet(results / t) for t in ("runs", "epochs", "gates", "mi")}
     with pytest.raises(SystemExit) as exit_info:
-        job_main("train_cifar")([*args, "--model", "resnet32", "--epochs", "2"])
+        job_main("train_cifar")([*ARGS, "--run-id", row["run_id"], "--results", str(results),
+                                 "--model", "resnet32", "--epochs", "8"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2
-    assert err.endswith("--run-id: run same exists with model='resnet20', not 'resnet32'; "
+    assert err.endswith(f"--run-id: run {row['run_id']} exists with model='resnet20', not 'resnet32'; "
                         "choose a new run id to train something else")
     for table, frame in before.items():
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / table), frame)
+        pd.testing.assert_frame_equal(pd.read_parquet(results / table), frame)
 
 
-def test_checkpoint_of_another_model_fails_the_run_in_one_line(ray_local, tmp_path, capsys):
-    storage = str(tmp_path / "ckpt")
-    common = ["--preset", "digits-resnet20", "--epochs", "1", "--run-id", "r", "--storage", storage]
-    job_main("train_cifar")([*common, "--results", str(tmp_path / "a")])
+def test_checkpoint_of_another_model_fails_the_run_in_one_line(digits_run, tmp_path, capsys):
+    results, row = digits_run
+    storage = shutil.copytree(results / "checkpoints", tmp_path / "ckpt")  # digits_run's, resnet20
     with pytest.raises(SystemExit) as exit_info:  # another results root, the same checkpoints
-        job_main("train_cifar")([*common, "--results", str(tmp_path / "b"), "--model", "resnet32", "--epochs", "2"])
+        job_main("train_cifar")(["--preset", "digits-resnet20", "--run-id", row["run_id"], "--storage", str(storage),
+                                 "--results", str(tmp_path / "b"), "--model", "resnet32", "--epochs", "8"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 1 and "Traceback" not in err
     assert "has model='resnet20', this run has 'resnet32'" in err

@@ -96,6 +96,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, breakage, message):
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_voc_resnet152_preset_fine_tunes_from_a_weights_file_and_localizes(ray_local, tmp_path):
     """The preset end to end on the prepared tree at 128 px, from a local torchvision state dict
     (random weights here): stages up to layer2 never move, layer3 moves only on STD epochs."""

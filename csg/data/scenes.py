@@ -15,6 +15,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from csg.data.digits import digits_split
+from csg.data.registry import DatasetFamily, DatasetInfo, register
 
 CANVAS = 32
 DIGIT_SIZES = (12, 20)  # side of the enlarged digit, inclusive
@@ -74,10 +78,24 @@ def make_scenes(digits: np.ndarray, rng: np.random.Generator) -> dict:
 @lru_cache(maxsize=2)
 def scenes_split(seed: int = SEED) -> dict:
     """{'train', 'test'} -> scenes of the `digits` split, with 'labels'; the same every call."""
-    from csg.data import _digits_split
-
-    x_train, x_test, y_train, y_test = _digits_split()
+    x_train, x_test, y_train, y_test = digits_split()
     out = {}
     for index, (split, digits, labels) in enumerate((("train", x_train, y_train), ("test", x_test, y_test))):
         out[split] = {**make_scenes(digits, np.random.default_rng([seed, index])), "labels": labels}
     return out
+
+
+@register
+class DigitsScenes(DatasetFamily):
+    names = ("digits-scenes",)
+
+    def describe(self, name, root):
+        train = scenes_split()["train"]["images"]
+        return DatasetInfo(10, len(train), 1, (float(train.mean()),), (float(train.std()),))
+
+    def load(self, name, root, image_size, skip_bad_images, augment):
+        return tuple(TensorDataset(torch.from_numpy(part["images"]), torch.from_numpy(part["labels"]))
+                     for part in (scenes_split()["train"], scenes_split()["test"]))
+
+    def evaluation_masks(self, name, split, root, image_size, augment):
+        return torch.from_numpy(scenes_split()[split]["masks"])

@@ -10,6 +10,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray.train
@@ -23,7 +24,7 @@ from ray.train import (
     ScalingConfig,
 )
 from ray.train.torch import TorchConfig, TorchTrainer
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from csg import data as data_lib
 from csg.config import TrainConfig, resolved_g_density
@@ -40,9 +41,48 @@ from csg.store.results import ResultStore
 SCORE = "test_acc"
 
 
+@dataclass
+class _Worker:
+    """What one rank trains with, built once from the run's config."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    info: data_lib.DatasetInfo
+    test_set: Dataset
+    sampler: DistributedSampler
+    train_loader: DataLoader
+    test_loader: DataLoader
+    model: torch.nn.Module
+    gate: ClassSpecificGate | None
+    precision: Precision
+    optimizers: dict
+    schedulers: dict
+    loss: engine.CSGLoss
+    wrapped: torch.nn.Module | None = None
+
+
 def train_loop_per_worker(loop_config: dict) -> dict | None:
     cfg = TrainConfig(**loop_config["cfg"])
     run_id, progress_queue = loop_config["run_id"], loop_config.get("progress")
+    worker = _build_worker(cfg)
+    state = _resume(worker, progress_queue)
+    worker.wrapped = _wrap(worker)
+    store = ResultStore(cfg.results)
+    history = state["history"]
+    for epoch in range(state["epoch"] + 1, cfg.epochs):
+        diverged = _train_epoch(worker, epoch, run_id, store, history, progress_queue)
+        if diverged is not None:
+            # Every rank stops here together. Ending normally (not raising) keeps Ray from
+            # restarting a run that would only diverge again from the same checkpoint.
+            return {"diverged": diverged, "epochs_completed": len(history)}
+    if worker.rank != 0:
+        return None
+    return _finish(worker, run_id, store, history)
+
+
+def _build_worker(cfg: TrainConfig) -> _Worker:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -67,80 +107,89 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     if gate is not None:
         gate.to(device)
     optimizers = engine.build_optimizers(model, gate, cfg)
-    schedulers = engine.build_schedulers(optimizers, cfg)
     g = g_from_density(resolved_g_density(cfg, info.num_classes), info.num_classes, model.num_filters)
+    return _Worker(cfg, rank, world, device, info, test_set, sampler, train_loader, test_loader, model, gate,
+                   precision, optimizers, engine.build_schedulers(optimizers, cfg), engine.CSGLoss.of(cfg, g))
 
-    state = {"epoch": -1, "history": []}
+
+def _resume(worker: _Worker, progress_queue) -> dict:
+    """The latest checkpoint's state loaded into the worker, or a fresh start (epoch -1)."""
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = ckpt_lib.load(Path(folder), model, gate, optimizers, schedulers, cfg)
-        precision.load_state_dict(state.get("scaler", {}))
-        if rank == 0:
-            progress.send(progress_queue, "resumed", state["epoch"])
-    # DDP wraps the model only: the gate stays outside, used on gated epochs alone, and its
-    # gradient is averaged by hand, so no step pays for unused-parameter detection.
+    if checkpoint is None:
+        return {"epoch": -1, "history": []}
+    with checkpoint.as_directory() as folder:
+        state = ckpt_lib.load(Path(folder), worker.model, worker.gate, worker.optimizers, worker.schedulers,
+                              worker.cfg)
+    worker.precision.load_state_dict(state.get("scaler", {}))
+    if worker.rank == 0:
+        progress.send(progress_queue, "resumed", state["epoch"])
+    return state
+
+
+def _wrap(worker: _Worker) -> torch.nn.Module:
+    """DDP wraps the model only: the gate stays outside, used on gated epochs alone, and its
+    gradient is averaged by hand, so no step pays for unused-parameter detection."""
     wrapped = ray.train.torch.prepare_model(
-        model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": False}
+        worker.model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": False}
     )
-    if cfg.compile:
+    if worker.cfg.compile:
         wrapped = torch.compile(wrapped)  # over DDP, so the compiled graph sees its buckets
-    store = ResultStore(cfg.results)
-    history = state["history"]
+    return wrapped
 
-    for epoch in range(state["epoch"] + 1, cfg.epochs):
-        sampler.set_epoch(epoch)
-        path = engine.epoch_path(epoch, cfg)
-        try:
-            stats = engine.train_one_epoch(
-                wrapped, gate, train_loader, path, optimizers[path], cfg, g, device, epoch,
-                sync=DistributedSync(device) if world > 1 else engine.RankSync(), precision=precision,
-            )
-        except engine.DivergedError as exc:
-            # Every rank stops here together. Ending normally (not raising) keeps Ray from
-            # restarting a run that would only diverge again from the same checkpoint.
-            return {"diverged": str(exc), "epochs_completed": len(history)}
-        lrs = {k: o.param_groups[0]["lr"] for k, o in optimizers.items()}
-        engine.step_schedulers(schedulers)
-        test_acc = _global_accuracy(wrapped, test_loader, device, world, precision)
-        if world > 1 and gate is not None:
-            _check_gate_identical(gate, epoch)
-        mean = functools.partial(_mean_across, world=world, device=device)
-        row = {
-            "epoch": epoch, "path": path, "lr_std": lrs["std"],
-            "lr_csg": lrs.get("csg", lrs.get("joint", math.nan)),
-            "loss_total": mean(stats.loss_total), "loss_ce_std": mean(stats.loss_ce_std),
-            "loss_ce_csg": mean(stats.loss_ce_csg), "loss_sparsity": stats.loss_sparsity,
-            "train_acc": mean(stats.train_acc),
-            "test_acc": test_acc, "l1_density": l1_density(gate.matrix.detach()) if gate is not None else math.nan,
-            "epoch_time_s": stats.seconds,
-            "skipped_images": _sum_across(len(sampler) - stats.samples, world, device),
-        }
-        history.append(row)
-        metrics = {"epoch": epoch, SCORE: test_acc}
-        if rank == 0:
-            run_record.write_epochs(store, run_id, history)
-            progress.send(progress_queue, "epoch", row, stats.samples * world / max(stats.seconds, 1e-9))
-            with tempfile.TemporaryDirectory() as folder:
-                ckpt_lib.save(Path(folder), model, gate, optimizers, schedulers, cfg, epoch, history,
-                              precision.state_dict())
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(metrics)
 
-    if rank != 0:
+def _train_epoch(worker: _Worker, epoch: int, run_id: str, store: ResultStore, history: list,
+                 progress_queue) -> str | None:
+    """One epoch, its row in `history`, and its report (with a checkpoint from rank 0); the
+    divergence message instead when the loss stopped being finite."""
+    w, cfg = worker, worker.cfg
+    w.sampler.set_epoch(epoch)
+    path = engine.epoch_path(epoch, cfg)
+    try:
+        stats = engine.train_one_epoch(
+            w.wrapped, w.gate, w.train_loader, path, w.optimizers[path], w.loss, w.device, epoch=epoch,
+            sync=DistributedSync(w.device) if w.world > 1 else engine.RankSync(), precision=w.precision,
+        )
+    except engine.DivergedError as exc:
+        return str(exc)
+    lrs = {k: o.param_groups[0]["lr"] for k, o in w.optimizers.items()}
+    engine.step_schedulers(w.schedulers)
+    test_acc = _global_accuracy(w.wrapped, w.test_loader, w.device, w.world, w.precision)
+    if w.world > 1 and w.gate is not None:
+        _check_gate_identical(w.gate, epoch)
+    mean = functools.partial(_mean_across, world=w.world, device=w.device)
+    row = {
+        "epoch": epoch, "path": path, "lr_std": lrs["std"],
+        "lr_csg": lrs.get("csg", lrs.get("joint", math.nan)),
+        "loss_total": mean(stats.loss_total), "loss_ce_std": mean(stats.loss_ce_std),
+        "loss_ce_csg": mean(stats.loss_ce_csg), "loss_sparsity": stats.loss_sparsity,
+        "train_acc": mean(stats.train_acc),
+        "test_acc": test_acc, "l1_density": l1_density(w.gate.matrix.detach()) if w.gate is not None else math.nan,
+        "epoch_time_s": stats.seconds,
+        "skipped_images": _sum_across(len(w.sampler) - stats.samples, w.world, w.device),
+    }
+    history.append(row)
+    metrics = {"epoch": epoch, SCORE: test_acc}
+    if w.rank != 0:
+        ray.train.report(metrics)
         return None
-    return _finish(cfg, run_id, model, gate, test_set, info, device, store, history, g)
+    run_record.write_epochs(store, run_id, history)
+    progress.send(progress_queue, "epoch", row, stats.samples * w.world / max(stats.seconds, 1e-9))
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt_lib.save(Path(folder), w.model, w.gate, w.optimizers, w.schedulers, cfg, epoch, history,
+                      w.precision.state_dict())
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    return None
 
 
-def _finish(cfg, run_id, model, gate, test_set, info, device, store, history, g) -> dict:
+def _finish(worker: _Worker, run_id: str, store: ResultStore, history: list) -> dict:
     """Rank 0, after the last epoch: MI matrix on the whole test set, gate and MI tables."""
-    loader = DataLoader(test_set, batch_size=max(cfg.batch_size, 256), num_workers=cfg.loader_workers,
+    cfg, gate = worker.cfg, worker.gate
+    loader = DataLoader(worker.test_set, batch_size=max(cfg.batch_size, 256), num_workers=cfg.loader_workers,
                         collate_fn=data_lib.collate_skipping_bad)
-    features = gap_features(model, loader, device)
+    features = gap_features(worker.model, loader, worker.device)
     matrix = gate.matrix.detach().cpu().numpy() if gate is not None else None
-    return run_record.write_final(store, run_id, cfg, features, info.num_classes, matrix, history,
-                                  g if gate is not None else math.nan)
+    return run_record.write_final(store, run_id, cfg, features, worker.info.num_classes, matrix, history,
+                                  worker.loss.g if gate is not None else math.nan)
 
 
 def _quiet_report_lines() -> None:

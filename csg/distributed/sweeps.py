@@ -376,25 +376,6 @@ def _latest_checkpoint(storage: str, run_name: str) -> Path:
 
 
 
-def _latest_checkpoint(storage: str, run_name: str) -> Path:
-    """A Ray Train run's checkpoint with the highest epoch, as a local directory (downloaded
-    when the storage is remote): how a run stopped from outside is picked up again."""
-    from pyarrow import fs as pafs
-    from ray.train import Checkpoint
-
-    from csg.store.checkpoint import read
-
-    filesystem, base = filesystem_of(storage)
-    entries = filesystem.get_file_info(pafs.FileSelector(f"{base}/{run_name}", allow_not_found=True))
-    folders = [e.path for e in entries if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")]
-    if not folders:
-        raise FileNotFoundError(f"no checkpoint of run {run_name} under {storage}")
-    local = [Path(f) if isinstance(filesystem, pafs.LocalFileSystem)
-             else Path(Checkpoint(f, filesystem).to_directory()) for f in folders]
-    return max(local, key=lambda folder: read(folder)["epoch"])
-
-
-
 def pareto_front(frame: pd.DataFrame, x: str = "mis", y: str = "final_acc") -> pd.DataFrame:
     """Rows no other row beats on both columns (higher is better), sorted by `x`."""
     scored = frame.dropna(subset=[x, y])

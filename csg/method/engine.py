@@ -10,14 +10,17 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from csg.config import TrainConfig
 from csg.method.gate import ClassSpecificGate, sparsity_loss
 from csg.method.precision import Precision
+
+if TYPE_CHECKING:  # the engine reads a TrainConfig's fields; it never builds or validates one
+    from csg.config import TrainConfig
 
 
 def epoch_path(epoch: int, cfg: TrainConfig) -> str:
@@ -110,19 +113,24 @@ class EpochStats:
     samples: int = 0
 
 
-def train_one_epoch(
-    model: nn.Module,
-    gate: ClassSpecificGate | None,
-    loader,
-    path: str,
-    optimizer: torch.optim.Optimizer,
-    cfg: TrainConfig,
-    g: float,
-    device: torch.device,
-    epoch: int = 0,
-    sync: RankSync = RankSync(),
-    precision: Precision = Precision(),
-) -> EpochStats:
+@dataclass(frozen=True)
+class CSGLoss:
+    """The gated paths' loss: lambda1 * CE(csg) + lambda2 * psi(ReLU(||G||_1 - g)), plus CE(std)
+    on the joint path (Sec. 3.2)."""
+
+    lambda1: float
+    lambda2: float
+    psi: str
+    g: float
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, g: float) -> CSGLoss:
+        return cls(cfg.lambda1, cfg.lambda2, cfg.psi, g)
+
+
+def train_one_epoch(model: nn.Module, gate: ClassSpecificGate | None, loader, path: str,
+                    optimizer: torch.optim.Optimizer, loss: CSGLoss, device: torch.device, *, epoch: int = 0,
+                    sync: RankSync = RankSync(), precision: Precision = Precision()) -> EpochStats:
     """Train one epoch on `path`; returns this rank's mean losses and accuracy.
 
     A non-finite loss on any rank stops every rank at the same step, before it reaches the
@@ -140,28 +148,10 @@ def train_one_epoch(
         images = precision.images(images.to(device, non_blocking=True))
         labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        terms = {}
-        if path == "std":
-            with precision.autocast():
-                logits = model(images)
-                terms["ce_std"] = F.cross_entropy(logits, labels)
-            loss = terms["ce_std"]
-        else:
-            rows = gate(labels)
-            with precision.autocast():
-                if path == "joint":
-                    logits, csg_logits = model(images, rows, both_paths=True)
-                    terms["ce_std"] = F.cross_entropy(logits, labels)
-                else:
-                    logits = csg_logits = model(images, rows)
-                terms["ce_csg"] = F.cross_entropy(csg_logits, labels)
-            terms["sparsity"] = sparsity_loss(gate.matrix, g, cfg.psi)
-            loss = cfg.lambda1 * terms["ce_csg"] + cfg.lambda2 * terms["sparsity"]
-            if path == "joint":
-                loss = loss + terms["ce_std"]
-        if sync.any_nonfinite(loss):
+        terms, logits = _path_loss(model, gate, images, labels, path, loss, precision)
+        if sync.any_nonfinite(terms["total"]):
             raise DivergedError(f"loss is not finite at epoch {epoch}, step {step} ({path} path)")
-        precision.backward(loss)
+        precision.backward(terms["total"])
         if path != "std" and gate.learnable:
             sync.average_grad(gate.weight)
             precision.step(optimizer)
@@ -170,12 +160,40 @@ def train_one_epoch(
             precision.step(optimizer)
         n = labels.numel()
         seen += n
-        terms["total"] = loss
         with torch.no_grad():
             sums[:-1] += torch.stack([terms.get(name, zero).detach().double() for name in LOSS_TERMS]) * n
             sums[-1] += (logits.argmax(1) == labels).sum()
-    totals = (sums / max(seen, 1)).tolist()  # the epoch's one read of the sums
-    stats = EpochStats(loss_total=totals[0], train_acc=totals[-1], seconds=time.perf_counter() - start, samples=seen)
+    return _epoch_stats(sums, seen, path, time.perf_counter() - start)
+
+
+def _path_loss(model, gate, images, labels, path: str, loss: CSGLoss, precision: Precision):
+    """({'total', and the terms `path` uses}, the logits its accuracy counts) for one batch."""
+    terms = {}
+    if path == "std":
+        with precision.autocast():
+            logits = model(images)
+            terms["ce_std"] = F.cross_entropy(logits, labels)
+        terms["total"] = terms["ce_std"]
+        return terms, logits
+    rows = gate(labels)
+    with precision.autocast():
+        if path == "joint":
+            logits, csg_logits = model(images, rows, both_paths=True)
+            terms["ce_std"] = F.cross_entropy(logits, labels)
+        else:
+            logits = csg_logits = model(images, rows)
+        terms["ce_csg"] = F.cross_entropy(csg_logits, labels)
+    terms["sparsity"] = sparsity_loss(gate.matrix, loss.g, loss.psi)
+    terms["total"] = loss.lambda1 * terms["ce_csg"] + loss.lambda2 * terms["sparsity"]
+    if path == "joint":
+        terms["total"] = terms["total"] + terms["ce_std"]
+    return terms, logits
+
+
+def _epoch_stats(sums: torch.Tensor, seen: int, path: str, seconds: float) -> EpochStats:
+    """The epoch's means from its device-side sums, read once; the terms `path` does not use are NaN."""
+    totals = (sums / max(seen, 1)).tolist()
+    stats = EpochStats(loss_total=totals[0], train_acc=totals[-1], seconds=seconds, samples=seen)
     for index, name in enumerate(LOSS_TERMS[1:], start=1):
         used = name == "ce_std" and path != "csg" or name != "ce_std" and path != "std"
         setattr(stats, f"loss_{name}", totals[index] if used else math.nan)

@@ -1,5 +1,6 @@
-"""A loopback Ray head from cluster/local.sh on free ports, for the soak benchmark and the
-tests: start it, submit jobs to it, look at its processes, stop it."""
+"""A loopback Ray head from a checkout's cluster/local.sh on free ports, for the soak benchmark
+and the tests: start it, submit jobs to it, look at its processes, stop it. It runs a checkout's
+scripts, so its caller names the checkout (an installed package has no cluster/ or jobs/)."""
 from __future__ import annotations
 
 import os
@@ -14,17 +15,18 @@ import psutil
 
 from csg.distributed.cluster import free_port
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "cluster" / "local.sh"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
 class LocalHead:
-    """`with LocalHead(cpus=2) as head:` a head of its own (temp dir, ports), stopped on exit.
-    `LocalHead(env=os.environ)` stands for the head cluster/local.sh started with the
+    """`with LocalHead(checkout, cpus=2) as head:` a head of its own (temp dir, ports), stopped
+    on exit. `LocalHead(checkout, env=os.environ)` stands for the head cluster/local.sh started with the
     CSG_RAY_* settings in `env`, without starting or stopping it."""
 
-    def __init__(self, cpus: int = 2, env: dict | None = None):
+    def __init__(self, checkout: Path, cpus: int = 2, env: dict | None = None):
+        self.checkout = Path(checkout)
+        if not (self.checkout / "cluster" / "local.sh").is_file():
+            raise FileNotFoundError(f"no cluster/local.sh in {self.checkout}: LocalHead needs a csg-ray checkout")
         if env is not None:
             self.env = {**env, "RAY_AUTH_MODE": "token"}
             return
@@ -66,7 +68,7 @@ class LocalHead:
             raise RuntimeError(f"cluster/local.sh stop failed: {stopped.stderr.strip()[-500:]}")
 
     def _script(self, command: str, timeout: float) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(SCRIPT), command], env=self.env, capture_output=True, text=True,
+        return subprocess.run(["bash", str(self.checkout / "cluster" / "local.sh"), command], env=self.env, capture_output=True, text=True,
                               timeout=timeout)
 
     def processes(self) -> list[psutil.Process]:
@@ -93,7 +95,7 @@ class LocalHead:
 
     def python_job(self, client, script: str, args: list[str], submission_id: str) -> str:
         """Submit `python jobs/<script>.py ARGS` to run from this checkout, with this interpreter."""
-        entrypoint = " ".join([sys.executable, str(REPO / "jobs" / f"{script}.py"), *args])
+        entrypoint = " ".join([sys.executable, str(self.checkout / "jobs" / f"{script}.py"), *args])
         return client.submit_job(entrypoint=entrypoint, submission_id=submission_id)
 
 

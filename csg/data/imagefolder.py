@@ -1,0 +1,154 @@
+"""Any ImageFolder tree (`train/` and `val/`, a folder per class), with object masks beside it
+for localization, and the augmentations that fit its image size."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import datasets as tv_datasets
+from torchvision import transforms as T
+
+from csg.data.registry import (
+    BadImageError,
+    DataError,
+    DatasetFamily,
+    DatasetInfo,
+    register,
+)
+
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+AUGMENTS = ("imagenet", "cifar", "crop", "none")
+SMALL_IMAGE = 64  # below this side, ImageFolder defaults to the CIFAR recipe
+
+
+def default_augment(image_size: int) -> str:
+    """ImageNet's recipe crops and rescales freely, which loses small images' content; the
+    CIFAR recipe keeps the whole image and only shifts it."""
+    return "cifar" if image_size < SMALL_IMAGE else "imagenet"
+
+
+@register
+class ImageFolderTree(DatasetFamily):
+    names = ("imagefolder",)
+
+    def describe(self, name, root):
+        classes = imagefolder_classes(root)
+        size = sum(1 for c in classes for p in (Path(root) / "train" / c).rglob("*") if p.is_file())
+        return DatasetInfo(len(classes), size, 3, *IMAGENET_MEAN_STD)
+
+    def load(self, name, root, image_size, skip_bad_images, augment):
+        imagefolder_classes(root)
+        augment = augment or default_augment(image_size)
+        return (CheckedImageFolder(str(Path(root) / "train"), train_transform(image_size, augment), skip_bad_images),
+                self.evaluation_set(name, root, "test", image_size, skip_bad_images, augment))
+
+    def evaluation_set(self, name, root, split, image_size, skip_bad_images, augment):
+        eval_tf = T.Compose([*evaluation_geometry(image_size, augment), T.ToTensor()])
+        folder = str(Path(root) / ("train" if split == "train" else "val"))
+        return CheckedImageFolder(folder, eval_tf, skip_bad=skip_bad_images)
+
+    def evaluation_masks(self, name, split, root, image_size, augment):
+        images = self.evaluation_set(name, root, split, image_size, False, augment)
+        return MaskFolder(images, Path(root), image_size, augment)
+
+
+def train_transform(image_size: int, augment: str) -> T.Compose:
+    """`imagenet`: RandomResizedCrop + flip. `cifar`: the image resized whole, a random crop
+    padded by an eighth of its side, flip. `crop`: the same without the flip, for classes whose
+    mirror image is another class (digits, text). `none`: the image resized whole."""
+    if augment == "imagenet":
+        steps = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
+    else:
+        steps = [T.Resize((image_size, image_size))]
+        if augment in ("cifar", "crop"):
+            steps.append(T.RandomCrop(image_size, padding=image_size // 8))
+        if augment == "cifar":
+            steps.append(T.RandomHorizontalFlip())
+    return T.Compose([*steps, T.ToTensor()])
+
+
+def evaluation_geometry(image_size: int, augment: str | None = None,
+                        interpolation=T.InterpolationMode.BILINEAR) -> list:
+    """How an ImageFolder image is evaluated: after ImageNet's augmentation, its rule (short
+    side to size*256/224, center crop); after the others, the whole image resized, so nothing
+    a small image shows is cropped away."""
+    if (augment or default_augment(image_size)) == "imagenet":
+        return [T.Resize(round(image_size * 256 / 224), interpolation=interpolation), T.CenterCrop(image_size)]
+    return [T.Resize((image_size, image_size), interpolation=interpolation)]
+
+
+class CheckedImageFolder(tv_datasets.ImageFolder):
+    """ImageFolder whose decoding errors name the file, or skip it when asked."""
+
+    def __init__(self, root: str, transform, skip_bad: bool = False):
+        super().__init__(root, transform)
+        self.skip_bad = skip_bad
+
+    def __getitem__(self, index):
+        path = self.samples[index][0]
+        try:
+            return super().__getitem__(index)
+        except (OSError, ValueError) as exc:
+            if self.skip_bad:
+                return None
+            raise BadImageError(f"unreadable image {path} ({exc}); --skip-bad-images skips such files") from exc
+
+
+class MaskFolder(Dataset):
+    """The object masks beside an ImageFolder split, for localization (training ignores them):
+    `<root>/masks/<split>/<class>/<name>.png`, one binary mask per image and of its size, read
+    in the images' order and cropped as the evaluation images are (nearest, so they stay binary)."""
+
+    def __init__(self, images: CheckedImageFolder, root: Path, image_size: int, augment: str | None = None):
+        self.images = images
+        folder = Path(images.root)
+        self.masks_root = Path(root) / "masks" / folder.name
+        self.paths = [self.masks_root / Path(path).relative_to(folder).with_suffix(".png")
+                      for path, _ in images.samples]
+        missing = [path for path in self.paths if not path.is_file()]
+        if missing:
+            raise DataError(f"--data: {len(missing)} of {len(self.paths)} images in {folder} have no mask under "
+                            f"{self.masks_root} (first: {missing[0].relative_to(self.masks_root)})")
+        self.transform = T.Compose(evaluation_geometry(image_size, augment, T.InterpolationMode.NEAREST))
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        from PIL import Image
+
+        self._check_size(index)
+        with Image.open(self.paths[index]) as mask:
+            return torch.from_numpy(np.asarray(self.transform(mask.convert("L"))) > 0)
+
+    def check_sizes(self) -> None:
+        """Refuse the first mask whose size differs from its image's (headers only: fast)."""
+        for index in range(len(self.paths)):
+            self._check_size(index)
+
+    def _check_size(self, index: int) -> None:
+        from PIL import Image
+
+        path, (image_path, _) = self.paths[index], self.images.samples[index]
+        with Image.open(path) as mask, Image.open(image_path) as image:
+            if mask.size != image.size:
+                raise DataError(f"--data: mask {path} is {mask.size[0]}x{mask.size[1]}, its image {image_path} "
+                                f"is {image.size[0]}x{image.size[1]}")
+
+
+def imagefolder_classes(root) -> list[str]:
+    if root is None:
+        raise DataError("--data: imagefolder needs a directory holding train/ and val/")
+    base = Path(root)
+    for split in ("train", "val"):
+        if not (base / split).is_dir():
+            raise DataError(f"--data: {base / split} is not a directory (need train/ and val/)")
+    train = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
+    val = sorted(p.name for p in (base / "val").iterdir() if p.is_dir())
+    if not train:
+        raise DataError(f"--data: {base / 'train'} holds no class folders")
+    if train != val:
+        raise DataError(f"--data: class folders differ between {base}/train and {base}/val")
+    return train

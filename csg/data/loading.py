@@ -1,0 +1,37 @@
+"""Batches of any data set: labels without decoding, chosen items as one batch, and the
+training DataLoader's keywords."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset, default_collate
+
+
+def split_labels(dataset: Dataset) -> np.ndarray:
+    """Every label of an `evaluation_set`, without decoding an image."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy()
+    return np.asarray(dataset.targets)
+
+
+def stacked(dataset: Dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    """The listed items of a data set as one (images, labels) batch."""
+    pairs = [dataset[int(i)] for i in indices]
+    return torch.stack([image for image, _ in pairs]), torch.as_tensor([int(label) for _, label in pairs])
+
+
+def loader_options(loader_workers: int, seed: int, rank: int, pin_memory: bool) -> dict:
+    """DataLoader keywords for training: workers kept alive across epochs and prefetching,
+    pinned memory on a GPU (the engine copies with non_blocking), and each rank's workers
+    seeded from (seed, rank): PyTorch derives every worker's torch, random and numpy seeds
+    from it, so augmentation differs across workers and ranks yet repeats from run to run."""
+    options = dict(num_workers=loader_workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad,
+                   generator=torch.Generator().manual_seed(seed * 10_007 + rank))
+    if loader_workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=4)
+    return options
+
+
+def collate_skipping_bad(batch):
+    """Default collation of the samples that decoded; skipped ones arrive as None."""
+    return default_collate([sample for sample in batch if sample is not None])
