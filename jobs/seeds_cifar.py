@@ -40,7 +40,7 @@ def main(argv=None):
     if args["seeds"] < 1 or not 0 < args["tau"] <= 1:
         parser.error(f"--seeds must be >= 1 and --tau in (0, 1] (got {args['seeds']} and {args['tau']})")
     args.update(scheduler="none", num_samples=1, search="grid")
-    frame = cli.run_or_exit(parser, sweep.launch, cfg, info, args, seed_grid)
+    frame = cli.run_or_exit(parser, sweep.launch_sweep, cfg, info, args, seed_grid)
     done = frame[frame["stop_reason"] == "completed"]
     if done.empty:
         parser.exit(1, f"{parser.prog}: error: no seed finished; see the tune table under {cfg.results}\n")

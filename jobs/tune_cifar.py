@@ -54,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     parser = get_args_parser()
     cfg, info, args = cli.parse_config(parser, argv, (*SPACE_FLAGS, *sweep.SWEEP_FLAGS, "top"))
-    frame = cli.run_or_exit(parser, sweep.launch, cfg, info, args, sweep.search_space)
+    frame = cli.run_or_exit(parser, sweep.launch_sweep, cfg, info, args, sweep.search_space)
     sweep.print_summary(frame, args["top"])
     figure = sweep.figure_path(cfg, frame)
     sweep.plot_sweep(frame, figure)

@@ -1,7 +1,6 @@
 """Driver side of a training run: join or start Ray, record the run, fit, record the result."""
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 
 from csg.config import ConfigError, TrainConfig, resolved_g_density, with_absolute_paths
@@ -80,7 +79,7 @@ def _train_leased(cfg: TrainConfig, info: DatasetInfo, run_id: str, store: Resul
         "num_classes": info.num_classes,
         "l1_interval_low": low if cfg.method == "csg" else None,
         "l1_interval_high": high if cfg.method == "csg" else None,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "started_at": run_record.timestamp(),
     }
     run_record.write_run(store, run_id, cfg, summary)
     if show_progress:
@@ -102,7 +101,7 @@ def _train_leased(cfg: TrainConfig, info: DatasetInfo, run_id: str, store: Resul
         status="diverged" if diverged else "finished",
         checkpoint=_location(result.checkpoint),
         best_checkpoint=_location(best),
-        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        finished_at=run_record.timestamp(),
     )
     run_record.write_run(store, run_id, cfg, summary)
     if diverged:
@@ -119,7 +118,7 @@ def _interrupted(store: ResultStore, run_id: str, cfg: TrainConfig, summary: dic
     epochs = len(store.read("epochs", run_id)) if store.exists("epochs", run_id) else 0
     run_record.write_run(store, run_id, cfg, {
         **summary, "status": "interrupted", "epochs_completed": epochs,
-        "checkpoint": latest[0] if latest else None, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "checkpoint": latest[0] if latest else None, "finished_at": run_record.timestamp(),
     })
     kept = f"checkpoint after epoch {latest[1] + 1} kept" if latest else "no checkpoint yet"
     return RunInterrupted(f"run {run_id} interrupted ({signal_name}) after {epochs} of {cfg.epochs} epochs; "

@@ -165,7 +165,7 @@ def search_space(args: dict, num_classes: int) -> dict:
     return space.param_space(num_classes, args["search"], args["grid_points"])
 
 
-def launch(cfg: TrainConfig, info: DatasetInfo, args: dict, make_space) -> pd.DataFrame:
+def launch_sweep(cfg: TrainConfig, info: DatasetInfo, args: dict, make_space) -> pd.DataFrame:
     """Start (or with args["resume"], continue) a sweep: `make_space(args, C)` gives the Tune
     param space. A fresh sweep saves its config and options next to its Tune state, so that
     `--resume --sweep-id X` needs nothing else."""
@@ -351,7 +351,7 @@ def finish_stopped_run(store: ResultStore, cfg: TrainConfig, run_id: str) -> dic
         **{k: row[k] for k in ("num_classes", "started_at", "l1_interval_low", "l1_interval_high")},
         **run_record.write_final(store, run_id, cfg, features, num_classes, gate, state["history"], g),
         "status": "finished" if len(state["history"]) == cfg.epochs else "stopped", "checkpoint": str(folder),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "finished_at": run_record.timestamp(),
     }
     run_record.write_run(store, run_id, cfg, summary)
     return {"run_id": run_id, **summary}

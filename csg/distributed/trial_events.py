@@ -3,6 +3,8 @@
 Imports Ray Tune, so only `run_sweep` imports it, after Ray was started."""
 from __future__ import annotations
 
+import functools
+
 from ray.tune import Callback
 
 SHOWN = ("period", "csg_epochs", "lambda1", "lambda2", "g_density", "psi")
@@ -11,15 +13,9 @@ SHOWN = ("period", "csg_epochs", "lambda1", "lambda2", "g_density", "psi")
 class TrialEvents(Callback):
     """Tune's own status table is off unless --verbose; these lines replace it."""
 
-    def __init__(self, epochs: int, say=None):
+    def __init__(self, epochs: int, say=functools.partial(print, flush=True)):
         self.epochs = epochs
-        self._say = say  # None: print (Tune pickles its callbacks, and `print` does not pickle)
-
-    def say(self, line: str) -> None:
-        if self._say is None:
-            print(line, flush=True)
-        else:
-            self._say(line)
+        self.say = say  # Tune pickles its callbacks: a builtin or a partial of one pickles by reference
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.say(f"trial {trial.trial_id} started: {_settings(trial.config)} "

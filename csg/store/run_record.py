@@ -118,3 +118,8 @@ def summary_line(run_id: str, cfg: TrainConfig, summary: dict) -> str:
         f"accuracy {summary['final_acc']:.4f} (best {summary['best_acc']:.4f}), "
         f"MIS {summary['mis']:.4f}{density}, {summary['wall_time_s']:.0f} s; tables under {cfg.results}"
     )
+
+
+def timestamp() -> str:
+    """Local time as every table records it (started_at, finished_at)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
