@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from analysis import sweep_front
 from csg import cli
 from csg.distributed import sweeps as sweep
 from csg.method.gate import PSI_CHOICES
@@ -55,9 +56,9 @@ def main(argv=None):
     parser = get_args_parser()
     cfg, info, args = cli.parse_config(parser, argv, (*SPACE_FLAGS, *sweep.SWEEP_FLAGS, "top"))
     frame = cli.run_or_exit(parser, sweep.launch_sweep, cfg, info, args, sweep.search_space)
-    sweep.print_summary(frame, args["top"])
-    figure = sweep.figure_path(cfg, frame)
-    sweep.plot_sweep(frame, figure)
+    sweep_front.print_summary(frame, args["top"])
+    figure = sweep_front.figure_path(cfg, frame)
+    sweep_front.plot_sweep(frame, figure)
     print(f"\ntables: {cfg.results}/{{tune,runs,epochs,gates,mi}}   figure: {figure}")
     return frame
 

@@ -8,9 +8,10 @@ import time
 import pandas as pd
 import pytest
 
+from analysis.sweep_front import pareto_front
 from csg.config import TrainConfig
 from csg.distributed.ray_train import scaling_config
-from csg.distributed.sweeps import STOP_REASONS, SearchSpace, pareto_front, trial_config
+from csg.distributed.sweeps import STOP_REASONS, SearchSpace, trial_config
 from tests.helpers import REPO, documented_columns, job_main, written_columns
 
 SWEEP_ARGS = ["--dataset", "digits", "--epochs", "3", "--batch-size", "64"]
