@@ -79,3 +79,15 @@ def test_trial_events_name_the_settings_and_how_each_trial_ended():
     assert said[0] == ("trial a_00000 started: period=3 csg_epochs=1 lambda1=1 lambda2=0.0123 g_density=0.1 "
                        "psi=l1 (1 running, 0 pending)")
     assert said[1] == "trial a_00001 stopped by the scheduler after 2/6 epochs, test_acc 0.9000 (1/2 done)"
+
+
+def test_trial_events_pickle_after_ray_train_replaced_print(monkeypatch):
+    """Ray Train V2 swaps builtins.print in the driver; Tune then pickles its callbacks."""
+    import builtins
+    import pickle
+
+    from csg.distributed.trial_events import TrialEvents
+
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)
+    events = pickle.loads(pickle.dumps(TrialEvents(epochs=3)))
+    assert events.epochs == 3 and events.say.__module__ == "csg.distributed.trial_events"

@@ -3,8 +3,6 @@
 Imports Ray Tune, so only `run_sweep` imports it, after Ray was started."""
 from __future__ import annotations
 
-import functools
-
 from ray.tune import Callback
 
 SHOWN = ("period", "csg_epochs", "lambda1", "lambda2", "g_density", "psi")
@@ -13,9 +11,11 @@ SHOWN = ("period", "csg_epochs", "lambda1", "lambda2", "g_density", "psi")
 class TrialEvents(Callback):
     """Tune's own status table is off unless --verbose; these lines replace it."""
 
-    def __init__(self, epochs: int, say=functools.partial(print, flush=True)):
+    def __init__(self, epochs: int, say=None):
         self.epochs = epochs
-        self.say = say  # Tune pickles its callbacks: a builtin or a partial of one pickles by reference
+        # Tune pickles its callbacks. `print` pickles by reference to builtins.print, which fails
+        # wherever print was replaced (pytest, notebooks); a module function always resolves.
+        self.say = say or print_line
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.say(f"trial {trial.trial_id} started: {_settings(trial.config)} "
@@ -50,3 +50,7 @@ def _count(trials, status: str) -> int:
 
 def _done(trials) -> int:
     return sum(trial.status in ("TERMINATED", "ERROR") for trial in trials)
+
+
+def print_line(line: str) -> None:
+    print(line, flush=True)
