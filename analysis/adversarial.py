@@ -15,13 +15,20 @@ Protocol, per run and attack:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from analysis.fan_out import fan_out, gpus_per_task
+from analysis.options import Compared, option
+from analysis.studies import StudyError, resolve_runs
 from csg.data import split_labels, stacked
-from csg.method.features import gap_features
+from csg.method.features import default_device, gap_features
+from csg.store.results import register_schemas
 
 WHITE_BOX = ("fgsm", "pgd", "cw")
 ATTACK_DEFAULTS = {  # Appendix I
@@ -29,6 +36,34 @@ ATTACK_DEFAULTS = {  # Appendix I
     "pgd": {"eps": 0.031, "alpha": 2 / 255, "steps": 7},
     "cw": {"c": 1.0, "steps": 100, "lr": 0.01},
 }
+
+SCHEMAS = register_schemas({
+    "adversarial": pa.schema([("attack", pa.string()), ("train_per_class", pa.int64()), ("repeat", pa.int64()),
+                              ("n_train", pa.int64()), ("n_test", pa.int64()), ("error_rate", pa.float64()),
+                              ("attack_success_rate", pa.float64())]),
+})
+
+
+@dataclass(frozen=True)
+class Options(Compared):
+    attacks: tuple[str, ...] = option(WHITE_BOX, "attacks to run", choices=WHITE_BOX)
+    eps: float = option(ATTACK_DEFAULTS["fgsm"]["eps"], "FGSM and PGD L-inf budget")
+    pgd_steps: int = option(ATTACK_DEFAULTS["pgd"]["steps"], "PGD iterations")
+    pgd_alpha: float = option(ATTACK_DEFAULTS["pgd"]["alpha"], "PGD step size")
+    cw_steps: int = option(ATTACK_DEFAULTS["cw"]["steps"], "CW iterations")
+    cw_c: float = option(ATTACK_DEFAULTS["cw"]["c"], "CW loss weight c")
+    cw_lr: float = option(ATTACK_DEFAULTS["cw"]["lr"], "CW learning rate")
+    train_per_class: tuple[int, ...] = option((500, 1000, 2000), "detector training sizes, images per class "
+                                              "(each image: clean and adversarial)")
+    test_per_class: int = option(100, "detector test images per class")
+    repeats: int = option(5, "detectors per size, on different draws")
+    split: str = option("train", "split the images come from", choices=("train", "test"))
+    seed: int = option(0, "seed of the image draws, targets and forests")
+    batch_size: int = option(256, "images per attack batch")
+
+    def attack_options(self) -> dict:
+        return {"fgsm": {"eps": self.eps}, "pgd": {"eps": self.eps, "alpha": self.pgd_alpha, "steps": self.pgd_steps},
+                "cw": {"c": self.cw_c, "steps": self.cw_steps, "lr": self.cw_lr}}
 
 
 def random_targets(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -95,12 +130,12 @@ def attack_pool(checkpoint: str, split: str, pool: np.ndarray, name: str, option
                 batch_size: int = 256) -> dict:
     """Attack the pool images of a run's checkpoint: clean and adversarial all-layer features,
     labels, whether each attack reached its target, and whether it changed the prediction."""
-    from csg.store.checkpoint import checkpoint_split, restore_model
+    from csg.store import checkpoint as ckpt_lib
 
-    model, _, info = restore_model(checkpoint)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, cfg, info = ckpt_lib.restore_model(checkpoint, ckpt_lib.read(checkpoint))
+    device = default_device()
     model = model.to(device)
-    images, labels = stacked(checkpoint_split(checkpoint, split), pool)
+    images, labels = stacked(ckpt_lib.evaluation_split(cfg, split), pool)
     targets = random_targets(labels, info.num_classes, torch.Generator().manual_seed(seed))
     adversarial = attacked(model, images.to(device), targets.to(device), name, options, batch_size).cpu()
 
@@ -136,20 +171,18 @@ def run_detection(checkpoints: dict[str, str], attacks, options: dict, train_siz
 
     labels = split_labels(checkpoint_split(next(iter(checkpoints.values())), split))
     pool = draw_pool(labels, max(train_sizes) + test_per_class, np.random.default_rng(seed))
-    gpu = 1 if ray.cluster_resources().get("GPU", 0) else 0
-    attack_task = ray.remote(num_cpus=1, num_gpus=gpu)(attack_pool)
-    fit_task = ray.remote(num_cpus=1)(detection_row)
+    attack_task = ray.remote(num_cpus=1, num_gpus=gpus_per_task())(attack_pool)  # pools stay in the object store
     pooled = {(run, name): attack_task.remote(checkpoint, split, pool, name, options.get(name, {}), seed, batch_size)
               for run, checkpoint in checkpoints.items() for name in attacks}
-    fits = {fit_task.remote(ref, size, test_per_class, repeat, seed): (run, name)
-            for (run, name), ref in pooled.items() for size in train_sizes for repeat in range(repeats)}
-    rows, pending = [], list(fits)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        run, name = fits[ready[0]]
-        rows.append({"run_id": run, "attack": name, **ray.get(ready[0])})
-        progress(f"detectors {len(rows)}/{len(fits)}: {run} {name} train {rows[-1]['train_per_class']}/class "
-                 f"repeat {rows[-1]['repeat']}: error {rows[-1]['error_rate']:.3f}")
+
+    def report(key, row, done, total):
+        progress(f"detectors {done}/{total}: {key[0]} {key[1]} train {row['train_per_class']}/class "
+                 f"repeat {row['repeat']}: error {row['error_rate']:.3f}")
+
+    fits = fan_out("detectors", {(run, name, size, repeat): (detection_row, (ref, size, test_per_class, repeat, seed))
+                                 for (run, name), ref in pooled.items() for size in train_sizes
+                                 for repeat in range(repeats)}, on_result=report)
+    rows = [{"run_id": key[0], "attack": key[1], **row} for key, row in fits.items()]
     return pd.DataFrame(rows).sort_values(["run_id", "attack", "train_per_class", "repeat"], ignore_index=True)
 
 
@@ -158,3 +191,24 @@ def table3(frame: pd.DataFrame, names: dict[str, str] | None = None) -> pd.DataF
     table = frame.pivot_table(index=["attack", "train_per_class"], columns="run_id", values="error_rate",
                               aggfunc="mean", observed=True) * 100
     return table.rename(columns=names or {})
+
+
+def main(store, options: Options, start=None, echo=print) -> pd.DataFrame:
+    """Table 3 for `options.runs`: refuse bad input (StudyError), `start()` Ray, detect, write
+    the `adversarial` table and print the table."""
+    runs = resolve_runs(store, options.runs)
+    if min(options.train_per_class) < 1 or options.test_per_class < 1 or options.repeats < 1:
+        raise StudyError("--train-per-class, --test-per-class and --repeats must be >= 1")
+    if start is not None:
+        start()
+    try:
+        frame = run_detection({run.run_id: run.checkpoint for run in runs}, options.attacks, options.attack_options(),
+                              options.train_per_class, options.test_per_class, options.repeats, options.split,
+                              options.seed, options.batch_size, progress=lambda line: echo(line, flush=True))
+    except ValueError as exc:  # too few images for the sizes asked
+        raise StudyError(f"--train-per-class/--test-per-class: {exc}") from None
+    for run, rows in frame.groupby("run_id", sort=False):
+        store.write("adversarial", run, rows)
+    echo("\nmean detector error rate (%), as Table 3; attack success rate in the adversarial table")
+    echo(table3(frame, {run.run_id: run.label for run in runs}).to_string(float_format="{:.2f}".format))
+    return frame

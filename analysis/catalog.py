@@ -2,34 +2,66 @@
 them and the report that shows them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import ModuleType
 
 from analysis import correlation, kmeans, masking, similarity
+from analysis.options import Studied
+
+STUDIED = {f.name for f in fields(Studied)}
 
 
 @dataclass(frozen=True)
 class Study:
+    """A class-specificity study: its module declares `Options`, `SCHEMAS` (its tables),
+    `options` (the checks), `run` (its Ray tasks), `summary` and the figures named here."""
+
     name: str
     title: str
     module: ModuleType
-    tables: tuple[str, ...]
     figures: dict  # figure name -> plot(tables, labels, out)
     csg_only: bool = False
 
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(self.module.SCHEMAS)
+
+    @property
+    def options(self) -> type:
+        return self.module.Options
+
 
 STUDIES = {study.name: study for study in (
-    Study("masking", "Masking filters related to classes (Sec. 4.2, Fig. 5)", masking, ("masking",),
-          {"masking": masking.plot}),
+    Study("masking", "Masking filters related to classes (Sec. 4.2, Fig. 5)", masking, {"masking": masking.plot}),
     Study("similarity", "Feature/gate similarity on TP and FN samples (Appendix C, Fig. 6)", similarity,
-          ("similarity",), {"similarity": similarity.plot}, csg_only=True),
+          {"similarity": similarity.plot}, csg_only=True),
     Study("correlation", "Filter correlation, r_s and C_IC (Sec. 4.3, Figs. 7 and 8)", correlation,
-          ("correlation", "correlation_summary", "filter_groups", "correlation_matrix"),
           {"correlation": correlation.plot, "correlation_ratios": correlation.plot_ratios}),
-    Study("kmeans", "k-means centres of the GAP features (Appendix F, Fig. 11)", kmeans,
-          ("kmeans_centers", "kmeans_summary"), {"kmeans": kmeans.plot}),
+    Study("kmeans", "k-means centres of the GAP features (Appendix F, Fig. 11)", kmeans, {"kmeans": kmeans.plot}),
 )}
+
+
+def own_options(options) -> dict:
+    """A study's options dataclass as the keyword arguments of its `options` check: every field
+    but the runs, their checkpoint and split, which every study shares."""
+    return {f.name: getattr(options, f.name) for f in fields(options) if f.name not in STUDIED}
+
+
+def main(names, store, options: dict, start=None, echo=print) -> dict[str, dict]:
+    """The `names` studies (each with its options dataclass in `options`) on the same runs:
+    refuse bad input with a StudyError, then `start()` Ray and `run_studies`."""
+    from analysis.studies import resolve_runs
+
+    first = options[names[0]]
+    runs = resolve_runs(store, first.runs, first.checkpoint)
+    requests = {name: check(name, runs_for(name, runs) if len(names) > 1 else runs, store,
+                            own_options(options[name])) for name in names}
+    if start is not None:
+        start()
+    order = getattr(options.get("similarity"), "order", None)
+    return run_studies(store, runs, requests, first.split, Path(first.results) / "figures",
+                       {"similarity": {"order": order}}, echo)
 
 
 def runs_for(name: str, runs) -> list:

@@ -13,21 +13,34 @@ grows with the number of images beyond one pass for the class means.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from analysis.fan_out import fan_out
+from analysis.options import Studied, option
 from analysis.similarity import cosine_rows
-from analysis.studies import (
-    RunArrays,
-    StudyError,
-    class_means,
-    fan_out,
-    filter_groups,
-    labelled,
-)
+from analysis.studies import RunArrays, StudyError, class_means, filter_groups, labelled
+from csg.store.results import register_schemas
 
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 101), 2)
 SUMMARY_THRESHOLD = 0.1
+
+SCHEMAS = register_schemas({
+    "correlation": pa.schema([("threshold", pa.float64()), ("ratio", pa.float64())]),
+    "correlation_summary": pa.schema([("m1", pa.int64()), ("c_ic", pa.float64()), ("r_0.1", pa.float64()),
+                                      ("ordering", pa.string())]),
+    "filter_groups": pa.schema([("filter", pa.int64()), ("group", pa.int64()), ("position", pa.int64()),
+                                ("ordering", pa.string())]),
+    "correlation_matrix": pa.schema([("filter_a", pa.int64()), ("filter_b", pa.int64()), ("cosine", pa.float64())]),
+})
+
+
+@dataclass(frozen=True)
+class Options(Studied):
+    m1: int | None = option(None, "size of the groups A_c (default: gate_stats m1, else round(K/C))")
 
 
 def correlation_matrix(filters: np.ndarray) -> np.ndarray:
@@ -104,7 +117,7 @@ def run(runs, arrays: dict, m1: dict[str, int]) -> dict[str, pd.DataFrame]:
     calls = {run.run_id: (correlation_tables, (arrays[run.run_id], run.run_id, m1[run.run_id])) for run in runs}
     parts = fan_out("correlation", calls).values()
     return {table: pd.concat([part[table] for part in parts], ignore_index=True)
-            for table in ("correlation", "correlation_summary", "filter_groups", "correlation_matrix")}
+            for table in SCHEMAS}
 
 
 def ordered_matrix(tables: dict[str, pd.DataFrame], run_id: str) -> tuple[np.ndarray, np.ndarray]:

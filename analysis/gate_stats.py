@@ -1,5 +1,5 @@
-"""How a learned gate splits the filters: for each class, the filters it monopolizes (its gate
-is >= tau there and every other class's is below), and for the whole gate the filters shared by
+"""How a learned gate splits the filters: for each class, the filters it monopolizes (it owns
+them, G[c, k] > tau, and no other class does), and for the whole gate the filters shared by
 two or more classes and those no class uses (Sec. 4.2, Appendix E).
 
 Appendix E reads these off 20 CIFAR-10 ResNet-20 gates (about m1 = 6 monopolized per class,
@@ -9,16 +9,29 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from csg.store.results import ResultStore
+from csg.store.results import ResultStore, register_schemas
 
+# A class owns filter k when G[c, k] > tau: the paper's rule, "G_c^k > 0.5" (Sec. 4.2), for
+# masking, the monopolized and shared counts, and the balance lines alike.
 DEFAULT_TAU = 0.5
+
+SCHEMAS = register_schemas({
+    "gate_stats": pa.schema([("seed", pa.int64()), ("class", pa.int64()), ("monopolized", pa.int64()),
+                             ("shared", pa.int64()), ("unused", pa.int64()), ("tau", pa.float64())]),
+})
+
+
+def owns(gate: np.ndarray, tau: float = DEFAULT_TAU) -> np.ndarray:
+    """(C, K) bool: class c owns filter k, G[c, k] > tau."""
+    return np.asarray(gate) > tau
 
 
 def gate_counts(gate: np.ndarray, tau: float = DEFAULT_TAU) -> pd.DataFrame:
     """One (C, K) gate -> a row per class: monopolized (by that class), shared and unused
     (counts for the whole gate, the same on every row)."""
-    used = np.asarray(gate) >= tau
+    used = owns(gate, tau)
     users = used.sum(axis=0)
     return pd.DataFrame({
         "class": np.arange(used.shape[0]),
@@ -31,7 +44,7 @@ def gate_counts(gate: np.ndarray, tau: float = DEFAULT_TAU) -> pd.DataFrame:
 
 def filters_owned(gate: np.ndarray, tau: float = DEFAULT_TAU) -> np.ndarray:
     """Filters each class owns, G[c, k] > tau (the filters the gate rule of masking zeroes)."""
-    return (np.asarray(gate) > tau).sum(axis=1)
+    return owns(gate, tau).sum(axis=1)
 
 
 def balance(gate: np.ndarray, tau: float = DEFAULT_TAU) -> dict:

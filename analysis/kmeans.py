@@ -5,12 +5,30 @@ filters of their own class, like the gate.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from analysis.studies import RunArrays, StudyError, fan_out, filter_groups, labelled
+from analysis.fan_out import fan_out
+from analysis.options import Studied, option
+from analysis.studies import RunArrays, StudyError, filter_groups, labelled
+from csg.store.results import register_schemas
 
 DEFAULT_N_INIT = 10
+
+SCHEMAS = register_schemas({
+    "kmeans_centers": pa.schema([("cluster", pa.int64()), ("matched_class", pa.int64()), ("filter", pa.int64()),
+                                 ("position", pa.int64()), ("value", pa.float64())]),
+    "kmeans_summary": pa.schema([("purity", pa.float64()), ("adjusted_rand", pa.float64())]),
+})
+
+
+@dataclass(frozen=True)
+class Options(Studied):
+    n_init: int = option(DEFAULT_N_INIT, "k-means restarts")
+    seed: int = option(0, "seed of the random draws")
 
 
 def cluster(features: np.ndarray, labels: np.ndarray, num_classes: int, n_init: int = DEFAULT_N_INIT,
@@ -55,7 +73,7 @@ def run(runs, arrays: dict, n_init: int = DEFAULT_N_INIT, seed: int = 0) -> dict
     calls = {run.run_id: (kmeans_tables, (arrays[run.run_id], run.run_id, n_init, seed)) for run in runs}
     parts = fan_out("kmeans", calls).values()
     return {table: pd.concat([part[table] for part in parts], ignore_index=True)
-            for table in ("kmeans_centers", "kmeans_summary")}
+            for table in SCHEMAS}
 
 
 def headline(tables: dict[str, pd.DataFrame], labels: dict[str, str]) -> pd.DataFrame:

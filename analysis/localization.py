@@ -9,13 +9,16 @@ of each class come first, from one statistics task per (run, shard) (`Statistics
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from torch import nn
 
+from analysis.fan_out import fan_out, gpus_per_task
 from analysis.localization_metrics import (
     AP_LEVELS,
     METRICS,
@@ -23,7 +26,12 @@ from analysis.localization_metrics import (
     merge,
     method_tables,
 )
+from analysis.options import Studied, option
 from analysis.saliency import (
+    AUTHORS,
+    CHANNEL_REDUCTIONS,
+    MAP_METHODS,
+    SCORINGS,
     TEXT,
     GradMapSettings,
     activation_histogram,
@@ -31,9 +39,75 @@ from analysis.saliency import (
     iou,
     top_thresholds,
 )
-from analysis.studies import Run, StudyError
+from analysis.studies import Run, StudyError, resolve_runs, write_tables
+from csg.method.features import default_device
+from csg.store.results import register_schemas
 
 MAX_MAP_ELEMENTS = 1 << 24  # pixels of maps held at once by a task: (batch x filters x H x W)
+
+SCHEMAS = register_schemas({
+    "localization_filters": pa.schema([("method", pa.string()), ("filter", pa.int64()), ("class", pa.int64()),
+                                       ("avg_iou", pa.float64()), ("ap20", pa.float64()), ("ap30", pa.float64()),
+                                       ("focus", pa.bool_())]),
+    "localization": pa.schema([("method", pa.string()), ("class", pa.string()), ("avg_iou", pa.float64()),
+                               ("ap20", pa.float64()), ("ap30", pa.float64()), ("n_filters", pa.int64()),
+                               ("n_images", pa.int64())]),
+})
+
+
+@dataclass(frozen=True)
+class Options(Studied):
+    """The `localize` command's options; `gradmap()` and `scoring()` check and split them."""
+
+    methods: tuple[str, ...] = option(MAP_METHODS, "techniques scored", choices=MAP_METHODS)
+    sigma: float | None = option(None, f"GradMap blur sigma, pixels at 128 px, scaled to the image size "
+                                       f"(text: {TEXT.sigma:g})")
+    channels: str | None = option(None, f"GradMap colour-channel reduction (default {TEXT.channels})",
+                                  choices=CHANNEL_REDUCTIONS)
+    scoring: str | None = option(None, f"GradMap: every filter with its focus class, or each image with its "
+                                       f"class's top filters (default {TEXT.scoring})", choices=SCORINGS)
+    top_filters: int | None = option(None, f"with --scoring top-filters: filters per class "
+                                           f"(default {TEXT.top_filters})")
+    authors_settings: bool = option(False, f"GradMap as the authors' code: sigma {AUTHORS.sigma:g} (kernel +-1 "
+                                           f"sigma), {AUTHORS.channels} channels, {AUTHORS.scoring} "
+                                           f"{AUTHORS.top_filters}")
+    shards: int = option(2, "Ray tasks per (run, method), each a slice of images")
+    filter_block: int = option(512, "GradMap filters per Ray task")
+    batch_size: int = option(64, "images per batch in a task")
+    per_class: int | None = option(None, "score at most this many images of each class (the first ones; "
+                                         "default: all)")
+    examples: int = option(3, "images per class in the figures")
+
+    def gradmap(self) -> GradMapSettings:
+        """GradMap's settings: the text's, changed by the options given, or the authors'."""
+        given = {name: getattr(self, name) for name in ("sigma", "channels", "scoring", "top_filters")
+                 if getattr(self, name) is not None}
+        if self.authors_settings and given:
+            raise StudyError(f"--authors-settings sets GradMap's options; drop --{next(iter(given)).replace('_', '-')}")
+        settings = AUTHORS if self.authors_settings else replace(TEXT, **given)
+        if settings.sigma < 0 or settings.top_filters < 1:
+            raise StudyError("--sigma must be >= 0 and --top-filters >= 1")
+        return settings
+
+    def scoring_settings(self) -> Scoring:
+        per_class = 1 if self.per_class is None else self.per_class
+        if min(self.shards, self.filter_block, self.batch_size, self.examples, per_class) < 1:
+            raise StudyError("--shards, --filter-block, --batch-size, --per-class and --examples must be >= 1")
+        return Scoring(self.methods, self.split, self.gradmap(), self.shards, self.filter_block, self.batch_size,
+                       self.per_class)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What `localize` scores and how its work is cut into Ray tasks."""
+
+    methods: tuple[str, ...] = MAP_METHODS
+    split: str = "test"
+    settings: GradMapSettings = TEXT
+    shards: int = 2  # tasks per (run, method), each a slice of the images
+    filter_block: int = 512  # GradMap filters per task
+    batch_size: int = 64
+    per_class: int | None = None  # at most this many images of each class (the first ones), or all
 
 
 @dataclass
@@ -85,7 +159,7 @@ def restore(checkpoint: str):
     from csg.store import checkpoint as ckpt_lib
 
     model, cfg, _ = ckpt_lib.restore_model(checkpoint)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     return model.to(device).eval(), cfg, device
 
 
@@ -217,57 +291,95 @@ def first_per_class(labels: np.ndarray, per_class: int | None = None) -> np.ndar
     return order[rank < per_class]
 
 
-def localize(runs: list[Run], method_names, split: str = "test", settings: GradMapSettings = TEXT,
-             shards: int = 2, filter_block: int = 512, batch_size: int = 64, per_class: int | None = None,
-             progress=True) -> Localized:
+def localize(runs: list[Run], scoring: Scoring = Scoring(), progress=True) -> Localized:
     """Score every method on every run over the split's images (at most `per_class` of each
     class); bad input raises StudyError before any task starts."""
-    import ray
-
-    from analysis.studies import fan_out
-
-    checked = check_runs(runs, method_names, split)
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
+    checked = check_runs(runs, scoring.methods, scoring.split)
+    gpus = gpus_per_task()
     _, names, labels = checked[runs[0].run_id]
-    scored = first_per_class(labels, per_class)
-    parts = np.array_split(scored, shards)
-    top_scoring = "gradmap" in method_names and settings.scoring == "top-filters"
-    stats = {}
-    if "activmap" in method_names or top_scoring:
-        found = fan_out("localize: statistics", {
-            (run.run_id, i): (statistics_task, (run.checkpoint, split, part, "activmap" in method_names, batch_size))
-            for run in runs for i, part in enumerate(parts)}, progress, gpus)
-        for (run_id, _), part in found.items():
-            stats[run_id] = stats[run_id] + part if run_id in stats else part
+    scored = first_per_class(labels, scoring.per_class)
+    parts = np.array_split(scored, scoring.shards)
+    top_scoring = "gradmap" in scoring.methods and scoring.settings.scoring == "top-filters"
+    stats = split_statistics(runs, scoring, parts, top_scoring, gpus, progress)
     thresholds = {run_id: top_thresholds(s.histogram) for run_id, s in stats.items() if s.histogram is not None}
     calls, context = {}, {}
     for run in runs:
-        for name in method_names:
-            method = build_method(name, settings)
-            top_sets = stats[run.run_id].top_filters(settings.top_filters) if name == "gradmap" and top_scoring else None
-            filters = np.arange(run.num_filters) if top_sets is None else np.flatnonzero(top_sets.any(0))
-            blocks = [filters[i:i + filter_block] for i in range(0, len(filters), filter_block)] \
-                if name == "gradmap" else [filters]
-            context[run.run_id, name] = (method, top_sets)
-            for i, part in enumerate(parts):
-                for j, block in enumerate(blocks):
-                    calls[run.run_id, name, i, j] = (score_task, (
-                        run.checkpoint, name, settings, split, part, block, thresholds.get(run.run_id), top_sets,
-                        batch_size))
-    tallies = fan_out("localize", calls, progress, gpus)
-    filter_frames, class_frames, seconds = [], [], {}
+        for name in scoring.methods:
+            top_sets = stats[run.run_id].top_filters(scoring.settings.top_filters) \
+                if name == "gradmap" and top_scoring else None
+            context[run.run_id, name] = (build_method(name, scoring.settings), top_sets)
+            calls.update(score_calls(run, name, scoring, parts, thresholds.get(run.run_id), top_sets))
+    totals = merged(runs, scoring.methods, fan_out("localize", calls, progress, gpus), labels, scored)
+    return Localized(tables_of(runs, scoring.methods, context, totals, labels[scored], names),
+                     {key: total.seconds for key, total in totals.items()}, thresholds, labels, names, scored)
+
+
+def split_statistics(runs, scoring: Scoring, parts, top_scoring: bool, gpus: int, progress) -> dict:
+    """Run id -> its `Statistics` over the images scored, when ActivMap or top-filters GradMap needs them."""
+    if "activmap" not in scoring.methods and not top_scoring:
+        return {}
+    found = fan_out("localize: statistics", {
+        (run.run_id, i): (statistics_task, (run.checkpoint, scoring.split, part, "activmap" in scoring.methods,
+                                            scoring.batch_size))
+        for run in runs for i, part in enumerate(parts)}, progress, gpus)
+    stats = {}
+    for (run_id, _), part in found.items():
+        stats[run_id] = stats[run_id] + part if run_id in stats else part
+    return stats
+
+
+def score_calls(run: Run, name: str, scoring: Scoring, parts, thresholds, top_sets) -> dict:
+    """The scoring tasks of one (run, method): per shard of images and, for GradMap, per block of filters."""
+    filters = np.arange(run.num_filters) if top_sets is None else np.flatnonzero(top_sets.any(0))
+    blocks = [filters[i:i + scoring.filter_block] for i in range(0, len(filters), scoring.filter_block)] \
+        if name == "gradmap" else [filters]
+    return {(run.run_id, name, i, j): (score_task, (run.checkpoint, name, scoring.settings, scoring.split, part,
+                                                     block, thresholds, top_sets, scoring.batch_size))
+            for i, part in enumerate(parts) for j, block in enumerate(blocks)}
+
+
+def merged(runs, methods, tallies: dict, labels, scored) -> dict:
+    """(run id, method) -> the `Tally` of all its tasks."""
+    return {(run.run_id, name): merge([t for key, t in tallies.items() if key[:2] == (run.run_id, name)],
+                                      run.num_filters, run.num_classes, len(labels), scored)
+            for run in runs for name in methods}
+
+
+def tables_of(runs, methods, context: dict, totals: dict, labels, names) -> dict:
+    """Both localization tables from each (run, method)'s merged tally; `labels` those of the images scored."""
+    filter_frames, class_frames = [], []
     for run in runs:
-        for name in method_names:
+        for name in methods:
             method, top_sets = context[run.run_id, name]
-            total = merge([t for key, t in tallies.items() if key[:2] == (run.run_id, name)],
-                          run.num_filters, run.num_classes, len(labels), scored)
-            filters, classes = method_tables(run, method, total, labels[scored], names, top_sets)
+            filters, classes = method_tables(run, method, totals[run.run_id, name], labels, names, top_sets)
             filter_frames += [filters] if filters is not None else []
             class_frames.append(classes)
-            seconds[run.run_id, name] = total.seconds
     classes = pd.concat(class_frames, ignore_index=True).reindex(columns=[*class_frames[0].columns[:3], *METRICS,
                                                                          "n_filters", "n_images"])
     tables = {"localization": classes.astype({"n_filters": "Int64", "n_images": "Int64"})}
     if filter_frames:
         tables["localization_filters"] = pd.concat(filter_frames, ignore_index=True)
-    return Localized(tables, seconds, thresholds, labels, names, scored)
+    return tables
+
+
+def main(store, options: Options, start=None, echo=print) -> Localized:
+    """Table 2 and Fig. 9 for `options.runs`: refuse bad input (StudyError), `start()` Ray,
+    score, write both tables, print Table 2 and the time per image, draw the figures."""
+    from analysis.localization_metrics import table2
+    from analysis.localization_plots import draw
+
+    runs = resolve_runs(store, options.runs, options.checkpoint)
+    scoring = options.scoring_settings()
+    if start is not None:
+        start()
+    found = localize(runs, scoring)
+    write_tables(store, found.tables)
+    labels = {run.run_id: run.label for run in runs}
+    echo(f"\nlocalization of {len(found.scored)} images of the {scoring.split} split, as Table 2 (GradMap: "
+         f"{scoring.settings})")
+    echo(table2(found.tables["localization"], labels).to_string(float_format="{:.4f}".format))
+    for (run_id, method), seconds in found.seconds.items():
+        echo(f"{labels[run_id]} {method}: {seconds:.1f} s in tasks, {1000 * seconds / len(found.scored):.2f} ms "
+             f"per image")
+    draw(runs, found, scoring.split, Path(options.results) / "figures", options.examples)
+    return found

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.saliency import METHODS, build_method
+from analysis.saliency import MAP_METHODS, build_method
 from analysis.studies import Run
 
 AP_LEVELS = (20, 30)
@@ -120,7 +120,7 @@ def table2(frame: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     """Table 2's shape: rows (method, metric, run), one column per class and `total`; each
     method with Avg-IoU and the AP the paper reports for it (GradMap AP20, the others AP30)."""
     rows = []
-    for method in [m for m in METHODS if m in set(frame["method"])]:
+    for method in [m for m in MAP_METHODS if m in set(frame["method"])]:
         for metric in ("avg_iou", f"ap{build_method(method).ap}"):
             for run_id, group in frame[frame["method"] == method].groupby("run_id", sort=False, observed=True):
                 rows.append({"method": method, "metric": metric, "run": labels[str(run_id)],

@@ -99,9 +99,7 @@ def plot_activmaps(maps: dict, class_names, label: str, path: Path) -> Path:
 def draw(runs, found, split: str, figures_dir: Path, per_class: int = 3, echo=print) -> list[Path]:
     """Fig. 9's grid for all runs (when CAM ran) and each run's best-filter ActivMaps (when
     ActivMap ran)."""
-    import ray
-
-    from analysis.studies import fan_out
+    from analysis.fan_out import fan_out, gpus_per_task
 
     indices = first_per_class(found.labels, per_class)
     methods = set(found.tables["localization"]["method"])
@@ -112,8 +110,7 @@ def draw(runs, found, split: str, figures_dir: Path, per_class: int = 3, echo=pr
                                           None if filters is None else best_filters(filters, run.run_id),
                                           found.thresholds.get(run.run_id)))
              for run in runs}
-    maps = fan_out("localize: figures", calls, progress=False,
-                   num_gpus=1 if ray.cluster_resources().get("GPU", 0) else 0)
+    maps = fan_out("localize: figures", calls, progress=False, num_gpus=gpus_per_task())
     stem = "_".join(run.run_id for run in runs)
     one_each = first_per_class(found.labels[indices], 1)
     grid = {run.label: {name: value[one_each] if isinstance(value, np.ndarray) else value

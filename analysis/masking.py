@@ -14,13 +14,36 @@ filter k's activation map before the head.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from analysis.studies import RunArrays, StudyError, check_classes, fan_out, labelled
+from analysis.fan_out import fan_out
+from analysis.gate_stats import DEFAULT_TAU, owns
+from analysis.options import Studied, option
+from analysis.studies import RunArrays, StudyError, check_classes, labelled
+from csg.store.results import register_schemas
 
-DEFAULT_TAU = 0.5
 DEFAULT_FRACTION = 0.1
+RULES = ("gate", "activation", "random")
+
+SCHEMAS = register_schemas({
+    "masking": pa.schema([("mask_set", pa.string()), ("rule", pa.string()), ("n_masked", pa.int64()),
+                          ("true_class", pa.int64()), ("predicted_class", pa.int64()), ("count", pa.int64()),
+                          ("before_count", pa.int64())]),
+})
+
+
+@dataclass(frozen=True)
+class Options(Studied):
+    mask_sets: tuple[str, ...] = option(("0", "0,5"), "class sets masked together, e.g. 0 0,5")
+    rule: str | None = option(None, "filters related to a class (default: gate for CSG, activation for STD runs)",
+                              choices=RULES)
+    tau: float = option(DEFAULT_TAU, "gate rule: G[c, k] > tau")
+    fraction: float = option(DEFAULT_FRACTION, "activation rule: share of filters")
+    seed: int = option(0, "seed of the random draws")
 
 
 class MaskingRule:
@@ -42,7 +65,7 @@ class GateRule(MaskingRule):
     def select(self, arrays, classes):
         if arrays.gate is None:
             raise StudyError("--rule: gate needs CSG runs (an STD run has no gate); use activation or random")
-        return (arrays.gate[list(classes)] > self.tau).any(axis=0)
+        return owns(arrays.gate[list(classes)], self.tau).any(axis=0)
 
 
 class ActivationRule(MaskingRule):
@@ -71,9 +94,6 @@ class RandomRule(MaskingRule):
         selected = np.zeros(arrays.num_filters, bool)
         selected[np.random.default_rng([self.seed, *classes]).choice(arrays.num_filters, count, replace=False)] = True
         return selected
-
-
-RULES = ("gate", "activation", "random")
 
 
 def rule_for(name: str | None, method: str, tau: float, fraction: float, seed: int) -> MaskingRule:

@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +23,8 @@ import pandas as pd
 from analysis import figures, gate_stats
 from analysis.catalog import STUDIES
 from analysis.compare import table1
-from analysis.studies import Run, read_tables
+from analysis.options import Compared, option
+from analysis.studies import Run, read_tables, resolve_runs
 from csg.store.results import ResultStore
 
 STYLE = """
@@ -169,11 +171,12 @@ class Report:
                        table_html(table, "adversarial-table", 2))
 
     def blackbox(self):
+        from analysis.blackbox import table4
+
         frame = read_tables(self.store, ["blackbox"], self.ids).get("blackbox")
         if frame is None:
             return section("blackbox", "Black-box attacks (Table 4)", missing(self.command("blackbox")))
-        table = (frame.pivot_table(index="attack", columns="run_id", values="success_rate", observed=True) * 100)
-        table = table.rename(columns=self.labels).reset_index()
+        table = table4(frame, self.labels).reset_index()
         return section("blackbox", "Black-box attacks: success rate on correctly classified images, % (Table 4)",
                        table_html(table, "blackbox-table", 2))
 
@@ -230,4 +233,18 @@ def write_report(store: ResultStore, runs: list[Run], out, root_text: str) -> Pa
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(Report(store, runs, root_text).html(), encoding="utf-8")
     tmp.replace(out)
+    return out
+
+
+@dataclass(frozen=True)
+class Options(Compared):
+    out: str | None = option(None, "HTML file (default: <results>/report_<runs>.html)")
+
+
+def main(store: ResultStore, options: Options, start=None, echo=print) -> Path:
+    """The page of `options.runs` (no Ray: it reads tables only)."""
+    runs = resolve_runs(store, options.runs)
+    out = Path(options.out or Path(options.results) / f"report_{'_'.join(options.runs)}.html")
+    write_report(store, runs, out, options.results)
+    echo(f"report: {out}")
     return out

@@ -168,7 +168,7 @@ class CAM(Method):
         return cam >= cut[:, None, None, None]
 
 
-METHODS = ("gradmap", "activmap", "cam")
+MAP_METHODS = ("gradmap", "activmap", "cam")
 
 
 def build_method(name: str, settings: GradMapSettings = GradMapSettings()) -> Method:

@@ -7,12 +7,28 @@ class's gate row (S_TP diagonally dominant), the false negatives' do not.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from analysis.studies import RunArrays, StudyError, class_means, fan_out
+from analysis.fan_out import fan_out
+from analysis.options import Studied, option
+from analysis.studies import RunArrays, StudyError, class_means
+from csg.store.results import register_schemas
 
 SUBSETS = ("tp", "fn")
+
+SCHEMAS = register_schemas({
+    "similarity": pa.schema([("subset", pa.string()), ("true_class", pa.int64()), ("gate_class", pa.int64()),
+                             ("cosine", pa.float64()), ("n_samples", pa.int64())]),
+})
+
+
+@dataclass(frozen=True)
+class Options(Studied):
+    order: tuple[int, ...] | None = option(None, "class order of the similarity figure (every class once)")
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -50,7 +66,7 @@ def options(runs, store, order=None) -> dict:
     if std:
         raise StudyError(f"--runs: similarity needs CSG runs; {', '.join(std)} is an STD run and has no gate")
     if order is not None and sorted(order) != list(range(runs[0].num_classes)):
-        raise StudyError(f"--order: must list every class 0..{runs[0].num_classes - 1} once (got {order})")
+        raise StudyError(f"--order: must list every class 0..{runs[0].num_classes - 1} once (got {list(order)})")
     return {}
 
 

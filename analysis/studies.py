@@ -1,5 +1,5 @@
 """What the class-specificity studies share (masking, similarity, correlation, k-means): the
-runs they compare, the arrays each reads from a run's checkpoint, the Ray fan-out, the class
+runs they compare, the arrays each reads from a run's checkpoint, the class
 grouping of filters, and one writer for their tables.
 
 Every study reads, per run, one `RunArrays`: the STD path's GAP features of one unaugmented
@@ -8,8 +8,6 @@ the gate. Loading them is one Ray task per run; the studies then fan out over th
 """
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,33 +115,10 @@ def load_arrays(runs: list[Run], split: str = "test") -> dict:
     cluster has one)."""
     import ray
 
-    gpu = 1 if ray.cluster_resources().get("GPU", 0) else 0
-    task = ray.remote(num_cpus=1, num_gpus=gpu)(load_run_arrays)
+    from analysis.fan_out import gpus_per_task
+
+    task = ray.remote(num_cpus=1, num_gpus=gpus_per_task())(load_run_arrays)
     return {run.run_id: task.remote(run.checkpoint, split) for run in runs}
-
-
-def fan_out(name: str, calls: dict, progress=True, num_gpus: float = 0) -> dict:
-    """Run `calls` (key -> (function, args)) as Ray tasks; key -> result, with a progress line
-    per finished task. A StudyError raised in a task is raised here as itself."""
-    import ray
-
-    remote = {function: ray.remote(num_cpus=1, num_gpus=num_gpus)(function) for function, _ in calls.values()}
-    refs = {remote[function].remote(*args): key for key, (function, args) in calls.items()}
-    results, pending, start = {}, list(refs), time.time()
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        key = refs[ready[0]]
-        try:
-            results[key] = ray.get(ready[0])
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, StudyError):
-                raise exc.cause from None
-            raise
-        if progress:
-            sys.stderr.write(f"\r{name}: {len(results)}/{len(refs)} tasks ({time.time() - start:.1f} s)")
-    if progress:
-        sys.stderr.write("\n")
-    return {key: results[key] for key in calls}
 
 
 def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -3,6 +3,7 @@ a job script's main(), fabricate data trees and results roots in real formats, c
 run before writing into it, the engine's toy set-up, and pause a process for certain."""
 import contextlib
 import glob
+import io
 import os
 import pickle
 import re
@@ -32,6 +33,13 @@ def written_columns(results: Path, table: str) -> dict[str, str]:
     """The columns and types of a table as written (run_id lives in the directory names)."""
     schema = pq.read_schema(next((Path(results) / table).rglob("part-0.parquet")))
     return {f.name: str(f.type).replace("double", "float64") for f in schema}
+
+
+class Terminal(io.StringIO):
+    """A captured stream that says it is a terminal, so output is written as a terminal shows it."""
+
+    def isatty(self):
+        return True
 
 
 def job_main(name: str):

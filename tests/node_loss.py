@@ -24,13 +24,15 @@ from csg.distributed.cluster import StorageError, check_visible_from_every_node
 from csg.distributed.driver import train
 from csg.store.results import ResultStore
 
+EPOCHS = 6  # the node goes after 2 checkpointed epochs; 4 are left to resume
+
 
 def main(results: str, temp_dir: str) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
     os.environ["RAY_ADDRESS"] = cluster.address  # joined, as a job on a cluster would be
     ray.init(address=cluster.address)
-    cfg = TrainConfig(**{**PRESETS["digits-resnet20"], "workers": 2, "epochs": 10, "period": 2,
+    cfg = TrainConfig(**{**PRESETS["digits-resnet20"], "workers": 2, "epochs": EPOCHS, "period": 2,
                          "lambda2": 0.2, "seed": 3, "batch_size": 32, "results": results,
                          "max_failures": 1})
     info = validate(cfg)

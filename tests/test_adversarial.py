@@ -79,7 +79,7 @@ def test_adversarial_job_writes_the_documented_table(digits_copy, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("budget", [1, 4])
 def test_local_search_never_changes_more_pixels_than_its_budget(digits_run, budget):
-    from analysis.blackbox import local_search
+    from analysis.blackbox import LocalSearch, local_search
     from csg.store.checkpoint import restore_model
 
     _, row = digits_run
@@ -88,7 +88,8 @@ def test_local_search_never_changes_more_pixels_than_its_budget(digits_run, budg
     rng = np.random.default_rng(0)
     for i in range(0, 360, 40):
         image, label = dataset[i]
-        adversarial, changed = local_search(model, image.clone(), int(label), rng, per_round=3, max_pixels=budget)
+        adversarial, changed = local_search(model, image.clone(), int(label), rng,
+                                            LocalSearch(per_round=3, max_pixels=budget))
         moved = (adversarial != image).any(dim=0).sum().item()
         assert moved <= changed <= budget
         assert adversarial.min() >= 0 and adversarial.max() <= 1

@@ -41,3 +41,14 @@ def test_imagefolder_missing_split_is_named(tmp_path, capsys):
         job_main("train_imagenet")(["--data", str(tmp_path / "tree"), "--results", str(tmp_path / "r")])
     assert "class folders differ" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv, option, other", [(["--tau", "2"], "--tau", "--seeds"),
+                                                 (["--seeds", "0"], "--seeds", "--tau")])
+def test_seeds_job_names_only_the_bad_option(argv, option, other, tmp_path, capsys):
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as exit_info:
+        job_main("seeds_cifar")(["--dataset", "digits", "--results", str(results), *argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert option in err and other not in err and not results.exists()

@@ -18,7 +18,7 @@ GATE = np.array([[1.0, 0.6, 0.4, 1.0, 0.2, 0.5],   # class 0
 
 
 @pytest.mark.parametrize("tau, monopolized, shared, unused", [
-    (0.5, [2, 1, 0], 2, 1),   # f0, f1 | f2 | -; shared f3, f5 (tau counts); unused f4
+    (0.5, [2, 1, 0], 1, 2),   # f0, f1 | f2 | -; shared f3; unused f4, f5 (G = tau does not own: Sec. 4.2, G > 0.5)
     (0.95, [1, 0, 0], 1, 4),  # f0 | - | -; shared f3; unused f1, f2, f4, f5
 ])
 def test_counts_on_a_hand_built_gate(tau, monopolized, shared, unused):
@@ -32,7 +32,7 @@ def test_summary_is_per_class_m1_and_per_run_m2():
                        gate_counts(np.ones((3, 6))).assign(run_id="b")], ignore_index=True)
     per_class, m2_mean, m2_std = summarize(stats)
     assert per_class["m1_mean"].tolist() == [1.0, 0.5, 0.0]
-    assert (m2_mean, m2_std) == (4.0, pytest.approx(np.std([2, 6], ddof=1)))
+    assert (m2_mean, m2_std) == (3.5, pytest.approx(np.std([1, 6], ddof=1)))
 
 
 @pytest.mark.slow

@@ -223,12 +223,6 @@ def test_authors_settings_differ_from_the_text_as_documented():
         assert settings.channels == re.match(r"`([\w-]+)`", rows["colour channels"][cell]).group(1)
         assert settings.scoring == re.match(r"`([\w-]+)`", rows["scoring"][cell]).group(1)
     assert f"`--top-filters` ({AUTHORS.top_filters}) filters" in rows["scoring"][1]
-    # the job's --authors-settings takes the code's settings, and an option besides is refused
-    parser = job_main("analyze").__globals__["get_args_parser"]()
-    resolve = job_main("analyze").__globals__["gradmap_settings"]
-    argv = ["localize", "--results", "r", "--runs", "c"]
-    assert resolve(parser, parser.parse_args([*argv, "--authors-settings"])) == AUTHORS
-    assert resolve(parser, parser.parse_args(argv)) == TEXT
     # the AP each method's focus class is chosen by, as docs/results.md's `focus` column states
     assert f"AP{GradMap(AUTHORS).ap} for GradMap, AP{ActivMap().ap} for ActivMap" in \
         (REPO / "docs" / "results.md").read_text()

@@ -3,11 +3,7 @@ import io
 import math
 
 from csg.distributed.progress import ProgressLine
-
-
-class _Terminal(io.StringIO):
-    def isatty(self):
-        return True
+from tests.helpers import Terminal
 
 
 def _row(epoch, path="csg", l1=0.5):
@@ -32,14 +28,14 @@ def test_in_a_log_a_line_at_the_first_epoch_about_every_tenth_and_the_last():
 def test_in_a_terminal_one_line_is_rewritten_in_place_within_the_terminal_width(monkeypatch):
     """The start line names the run, so the line in place leaves the run id out."""
     monkeypatch.setenv("COLUMNS", "200")
-    terminal = _Terminal()
+    terminal = Terminal()
     _feed(ProgressLine("r", 5, terminal), 5)
     text = terminal.getvalue()
     assert text.count("\n") == 1 and text.endswith("\n") and text.count("\r") == 5
     last = text.rstrip("\n").split("\r")[-1]
     assert last.startswith("epoch 5/5") and "1,234 img/s" in last and "2.0s/epoch" in last
     monkeypatch.setenv("COLUMNS", "40")
-    narrow = _Terminal()
+    narrow = Terminal()
     _feed(ProgressLine("r", 5, narrow), 5)
     assert max(len(part) for part in narrow.getvalue().split("\r")) <= 40
 
@@ -54,7 +50,7 @@ def test_the_line_carries_path_loss_accuracy_density_speed_and_eta():
 
 
 def test_verbose_prints_every_epoch_and_a_resume_on_its_own_line():
-    terminal = _Terminal()
+    terminal = Terminal()
     line = ProgressLine("r", 30, terminal, verbose=True)
     line.resumed(9)
     for epoch in range(10, 30):

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from analysis.catalog import STUDIES
-from tests.helpers import documented_columns, job_main, written_columns
+from tests.helpers import Terminal, documented_columns, job_main, written_columns
 
 # The first test here trains the quickstart's two runs (~80 s); then each reads them.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
@@ -23,17 +23,12 @@ SECTIONS = ["overview", "training", "fig4", *STUDIES, "localization", "adversari
 STUDY_TABLES = [table for study in STUDIES.values() for table in study.tables]
 
 
-class _Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
 @pytest.fixture(scope="module")
 def quickstart(ray_local, tmp_path_factory):
     """The quickstart with a relative results root (it must land in the working directory),
     its output captured as a terminal shows it: stdout, then stderr."""
     parent = tmp_path_factory.mktemp("quickstart")
-    printed, errors = _Terminal(), _Terminal()
+    printed, errors = Terminal(), Terminal()
     cwd = os.getcwd()
     os.chdir(parent)
     try:

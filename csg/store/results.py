@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-# Every table but `runs` has a fixed schema; `runs` is one row of config + summary fields.
+# The tables the library writes; every table but `runs` has a fixed schema (`runs` is one row of
+# config + summary fields). The analyses register theirs with `register_schemas`.
 SCHEMAS: dict[str, pa.Schema] = {
     "epochs": pa.schema(
         [
@@ -60,98 +61,16 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("stop_reason", pa.string()),
         ]
     ),
-    "adversarial": pa.schema(
-        [
-            ("attack", pa.string()),
-            ("train_per_class", pa.int64()),
-            ("repeat", pa.int64()),
-            ("n_train", pa.int64()),
-            ("n_test", pa.int64()),
-            ("error_rate", pa.float64()),
-            ("attack_success_rate", pa.float64()),
-        ]
-    ),
-    "blackbox": pa.schema(
-        [
-            ("attack", pa.string()),
-            ("n_images", pa.int64()),
-            ("clean_accuracy", pa.float64()),
-            ("success_rate", pa.float64()),
-        ]
-    ),
-    "gate_stats": pa.schema(
-        [
-            ("seed", pa.int64()),
-            ("class", pa.int64()),
-            ("monopolized", pa.int64()),
-            ("shared", pa.int64()),
-            ("unused", pa.int64()),
-            ("tau", pa.float64()),
-        ]
-    ),
-    "masking": pa.schema(
-        [
-            ("mask_set", pa.string()),
-            ("rule", pa.string()),
-            ("n_masked", pa.int64()),
-            ("true_class", pa.int64()),
-            ("predicted_class", pa.int64()),
-            ("count", pa.int64()),
-            ("before_count", pa.int64()),
-        ]
-    ),
-    "similarity": pa.schema(
-        [
-            ("subset", pa.string()),
-            ("true_class", pa.int64()),
-            ("gate_class", pa.int64()),
-            ("cosine", pa.float64()),
-            ("n_samples", pa.int64()),
-        ]
-    ),
-    "correlation": pa.schema([("threshold", pa.float64()), ("ratio", pa.float64())]),
-    "correlation_summary": pa.schema(
-        [("m1", pa.int64()), ("c_ic", pa.float64()), ("r_0.1", pa.float64()), ("ordering", pa.string())]
-    ),
-    "filter_groups": pa.schema(
-        [("filter", pa.int64()), ("group", pa.int64()), ("position", pa.int64()), ("ordering", pa.string())]
-    ),
-    "correlation_matrix": pa.schema(
-        [("filter_a", pa.int64()), ("filter_b", pa.int64()), ("cosine", pa.float64())]
-    ),
-    "kmeans_centers": pa.schema(
-        [
-            ("cluster", pa.int64()),
-            ("matched_class", pa.int64()),
-            ("filter", pa.int64()),
-            ("position", pa.int64()),
-            ("value", pa.float64()),
-        ]
-    ),
-    "kmeans_summary": pa.schema([("purity", pa.float64()), ("adjusted_rand", pa.float64())]),
-    "localization_filters": pa.schema(
-        [
-            ("method", pa.string()),
-            ("filter", pa.int64()),
-            ("class", pa.int64()),
-            ("avg_iou", pa.float64()),
-            ("ap20", pa.float64()),
-            ("ap30", pa.float64()),
-            ("focus", pa.bool_()),
-        ]
-    ),
-    "localization": pa.schema(
-        [
-            ("method", pa.string()),
-            ("class", pa.string()),
-            ("avg_iou", pa.float64()),
-            ("ap20", pa.float64()),
-            ("ap30", pa.float64()),
-            ("n_filters", pa.int64()),
-            ("n_images", pa.int64()),
-        ]
-    ),
 }
+
+def register_schemas(schemas: dict[str, pa.Schema]) -> dict[str, pa.Schema]:
+    """Make `write` validate more tables (an analysis module registers the tables it writes
+    when it is imported); a name registered again must come with the same schema."""
+    for table, schema in schemas.items():
+        if not SCHEMAS.setdefault(table, schema).equals(schema):
+            raise ValueError(f"table {table!r} is registered already with another schema")
+    return schemas
+
 
 RUN_SUMMARY_SCHEMA = pa.schema(
     [
@@ -203,7 +122,9 @@ class ResultStore:
     def write(self, table: str, run_id: str, frame: pd.DataFrame, schema: pa.Schema | None = None):
         """Replace the rows of `run_id` in `table` atomically. A write that fails (a full or
         read-only root) leaves the previous part file as it was and no temporary file behind."""
-        schema = schema or SCHEMAS[table]
+        schema = schema or SCHEMAS.get(table)
+        if schema is None:
+            raise KeyError(f"no schema for table {table!r}: pass one, or register it with register_schemas")
         arrow = pa.Table.from_pandas(frame.drop(columns="run_id", errors="ignore"),
                                      schema=schema, preserve_index=False)
         folder = f"{self.table_path(table)}/run_id={run_id}"
