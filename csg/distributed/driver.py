@@ -94,7 +94,7 @@ def _train_leased(cfg: TrainConfig, info: DatasetInfo, run_id: str, store: Resul
     except Exception as exc:
         run_record.write_run(store, run_id, cfg, {**summary, "status": "failed"})
         raise RunError(f"run {run_id} failed: {ray_train.unplaced(exc, cfg) or root_cause(exc)}") from exc
-    best = result.get_best_checkpoint(ray_train.SCORE, "max") if result.best_checkpoints else None
+    best = result.get_best_checkpoint(run_record.SCORE, "max") if result.best_checkpoints else None
     diverged = result_summary.pop("diverged", None)
     summary.update(result_summary)
     summary.update(

@@ -38,8 +38,6 @@ from csg.store import checkpoint as ckpt_lib
 from csg.store import run_record
 from csg.store.results import ResultStore
 
-SCORE = "test_acc"
-
 
 @dataclass
 class _Worker:
@@ -168,7 +166,7 @@ def _train_epoch(worker: _Worker, epoch: int, run_id: str, store: ResultStore, h
         "skipped_images": _sum_across(len(w.sampler) - stats.samples, w.world, w.device),
     }
     history.append(row)
-    metrics = {"epoch": epoch, SCORE: test_acc}
+    metrics = {"epoch": epoch, run_record.SCORE: test_acc}
     if w.rank != 0:
         ray.train.report(metrics)
         return None
@@ -310,7 +308,7 @@ def fit(cfg: TrainConfig, run_id: str, callbacks=(), progress_queue=None) -> tup
             storage_path=cfg.storage_path,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints or None,
-                checkpoint_score_attribute=SCORE,
+                checkpoint_score_attribute=run_record.SCORE,
                 checkpoint_score_order="max",
             ),
             failure_config=FailureConfig(max_failures=cfg.max_failures,

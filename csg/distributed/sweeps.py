@@ -43,7 +43,6 @@ SEARCHED = ("period", "csg_epochs", "lambda1", "lambda2", "g_density", "psi")
 MANAGED = (*SEARCHED, "workers", "gpu", "gpus_per_worker", "run_id", "method")
 SWEEP_FLAGS = ("max_concurrent", "workers_per_trial", "gpus_per_trial", "sweep_id", "resume")
 
-SCORE = "test_acc"
 STOP_REASONS = ("completed", "early_stopped", "diverged", "error", "interrupted")
 INTERVAL_TOLERANCE = 0.01  # inside_interval: L1-density within 1% of the interval's ends
 
@@ -260,7 +259,7 @@ def run_sweep(base: TrainConfig, param_space: dict, options: SweepOptions) -> pd
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=SCORE, mode="max", num_samples=options.num_samples, scheduler=scheduler,
+                metric=run_record.SCORE, mode="max", num_samples=options.num_samples, scheduler=scheduler,
                 search_alg=BasicVariantGenerator(random_state=base.seed),
                 max_concurrent_trials=options.max_concurrent or _fitting_trials(base),
             ),

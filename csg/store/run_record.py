@@ -16,6 +16,8 @@ from csg.config import TrainConfig
 from csg.method.mutual_info import mi_matrix, mis
 from csg.store.results import RUN_SUMMARY_SCHEMA, ResultStore, schema_of_dataclass
 
+SCORE = "test_acc"  # what a run's best checkpoint and a sweep's best trial maximise
+
 # run_id is the partition key, restored by the reader from the directory name.
 _CONFIG_SCHEMA = schema_of_dataclass(TrainConfig)
 RUNS_SCHEMA = pa.unify_schemas(
@@ -57,7 +59,7 @@ def write_final(store: ResultStore, run_id: str, cfg: TrainConfig, features: dic
     write_mi(store, run_id, matrix)
     if gate is not None:
         write_gates(store, run_id, gate)
-    best = max(history, key=lambda r: r["test_acc"])
+    best = max(history, key=lambda r: r[SCORE])
     return {
         "num_filters": matrix.shape[0],
         "epochs_completed": len(history),
