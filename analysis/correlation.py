@@ -70,8 +70,11 @@ def inter_class_correlation(matrix: np.ndarray, groups: np.ndarray) -> float:
     return float((pairs.sum() - np.trace(pairs)) / (c * (c - 1) * m1 ** 2))
 
 
-def correlation_tables(arrays: RunArrays, run_id: str, m1: int) -> dict[str, pd.DataFrame]:
-    """The four tables of one run: r_s curve, summary, filter groups and the matrix itself."""
+def correlation_tables(arrays: RunArrays, run_id: str, m1: int) -> dict[str, pd.DataFrame] | None:
+    """The four tables of one run: r_s curve, summary, filter groups and the matrix itself;
+    None when no conv layer emits the gated channels (DenseNet's concatenation, ConvNeXt)."""
+    if arrays.filters is None:
+        return None
     matrix = correlation_matrix(arrays.filters)
     curve = ratios(matrix)
     groups = filter_groups(arrays)
@@ -115,9 +118,14 @@ def options(runs, store, m1=None) -> dict:
 def run(runs, arrays: dict, m1: dict[str, int]) -> dict[str, pd.DataFrame]:
     """One Ray task per run; `m1` gives each run's group size."""
     calls = {run.run_id: (correlation_tables, (arrays[run.run_id], run.run_id, m1[run.run_id])) for run in runs}
-    parts = fan_out("correlation", calls).values()
-    return {table: pd.concat([part[table] for part in parts], ignore_index=True)
-            for table in SCHEMAS}
+    parts = fan_out("correlation", calls)
+    for run_id in [run_id for run_id, part in parts.items() if part is None]:
+        print(f"correlation: skipped run {run_id}: no conv layer emits its gated channels, so no filters "
+              f"to correlate", flush=True)
+    kept = [part for part in parts.values() if part is not None]
+    if not kept:
+        raise StudyError("correlation: no run has a conv layer that emits its gated channels")
+    return {table: pd.concat([part[table] for part in kept], ignore_index=True) for table in SCHEMAS}
 
 
 def ordered_matrix(tables: dict[str, pd.DataFrame], run_id: str) -> tuple[np.ndarray, np.ndarray]:

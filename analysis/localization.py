@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from torch import nn
 
 from analysis.fan_out import fan_out, gpus_per_task
 from analysis.localization_metrics import (
@@ -231,13 +230,6 @@ def score(model, method, loader, filters, num_classes: int, thresholds=None, top
     return Tally(filters, iou_sum, hits, cat(indices).astype(np.int64), cat(image_sums), cat(image_scored))
 
 
-def has_gap_linear_head(model: nn.Module) -> bool:
-    """CAM needs logits = Linear(GAP(A)): the GatedClassifier head, not overridden."""
-    from csg.method.models import GatedClassifier
-
-    return isinstance(getattr(model, "fc", None), nn.Linear) and type(model).classify is GatedClassifier.classify
-
-
 def check_runs(runs: list[Run], methods, split: str) -> dict:
     """Run id -> (config, class names, labels) after refusing bad input with a StudyError:
     a split without masks, masks of the wrong size, a model without a GAP + linear head for CAM."""
@@ -247,7 +239,7 @@ def check_runs(runs: list[Run], methods, split: str) -> dict:
     checked = {}
     for run in runs:
         model, cfg, _ = ckpt_lib.restore_model(run.checkpoint)
-        if "cam" in methods and not has_gap_linear_head(model):
+        if "cam" in methods and model.linear_head is None:
             raise StudyError(f"--methods cam: run {run.run_id}'s model does not end in global average pooling "
                              f"and one linear layer")
         try:

@@ -56,13 +56,14 @@ class Forward:
     images: torch.Tensor
     labels: torch.Tensor
     activation: torch.Tensor
-    fc_weight: torch.Tensor
+    fc_weight: torch.Tensor | None  # the Linear(GAP(A)) head's, for CAM; None for another head
 
     @classmethod
     def of(cls, model, images, labels, gradients: bool = False) -> Forward:
         x = images.detach().clone().requires_grad_(gradients)
         with torch.set_grad_enabled(gradients):
-            return cls(x, labels, model.features(x), model.fc.weight.detach())
+            head = model.linear_head
+            return cls(x, labels, model.features(x), None if head is None else head.weight.detach())
 
     @property
     def size(self) -> tuple[int, int]:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from torch import nn
 
 from csg.store.results import ResultStore
 
@@ -86,11 +85,12 @@ class RunArrays:
                                for i in range(0, len(self.features), chunk)])
 
 
-def last_conv_filters(model: nn.Module) -> np.ndarray:
-    """The weights of the conv layer whose output channels are the K gated filters, (K, D)."""
-    conv = [m for m in model.stages.modules() if isinstance(m, nn.Conv2d)][-1]
-    if conv.out_channels != model.num_filters:
-        raise ValueError(f"last conv layer has {conv.out_channels} filters, the head reads {model.num_filters}")
+def last_conv_filters(model) -> np.ndarray | None:
+    """The weights of the conv layer whose output channels are the K gated filters, (K, D);
+    None when no conv emits them (a concatenation, a norm or a linear layer comes last)."""
+    if model.producer is None:
+        return None
+    conv = model.net.get_submodule(model.producer)
     return conv.weight.detach().flatten(1).cpu().numpy().astype(np.float64)
 
 
@@ -100,12 +100,15 @@ def load_run_arrays(checkpoint: str, split: str = "test", batch_size: int = 256)
 
     state = ckpt_lib.read(checkpoint)
     model, _, _ = ckpt_lib.restore_model(checkpoint, state)
+    if model.linear_head is None:
+        raise StudyError(f"checkpoint {checkpoint}: the studies read the head as Linear(GAP(A)), and this "
+                         f"model's head ({type(model.net).__name__}) is another")
     extracted = ckpt_lib.checkpoint_features(checkpoint, split, batch_size=batch_size, state=state)
     return RunArrays(
         features=extracted["features"].astype(np.float64), labels=extracted["labels"],
         predictions=extracted["predictions"],
-        fc_weight=model.fc.weight.detach().numpy().astype(np.float64),
-        fc_bias=model.fc.bias.detach().numpy().astype(np.float64),
+        fc_weight=model.linear_head.weight.detach().numpy().astype(np.float64),
+        fc_bias=model.linear_head.bias.detach().numpy().astype(np.float64),
         filters=last_conv_filters(model), gate=ckpt_lib.saved_gate(state),
     )
 

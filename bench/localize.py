@@ -21,7 +21,7 @@ import torch
 
 from analysis.localization import score
 from analysis.saliency import CAM, TEXT, ActivMap, GradMap
-from csg.method.models import LAST_CONV_FILTERS, build_model
+from csg.method.models import build_model
 
 
 def batches(count: int, size: int, channels: int, classes: int, batch: int, seed: int = 0):
@@ -60,7 +60,7 @@ def main(argv=None):
     torch.manual_seed(0)
     model = build_model(args.model, args.classes, args.channels, (0.5,) * args.channels, (0.25,) * args.channels)
     model = model.to(args.device).eval()
-    k = LAST_CONV_FILTERS[args.model]
+    k = model.num_filters
     thresholds = torch.full((k,), 0.5)
     summary = []
     for size in args.sizes:

@@ -30,8 +30,12 @@ HELP = {
                "size*256/224 and center-crops), cifar (whole image, random crop padded by 1/8, flip), crop "
                "(cifar without the flip: digits, text), none; the others evaluate the whole image resized. "
                "Default: cifar below 64 px, imagenet from 64 px",
-    "model": "network; K = 64 for CIFAR ResNets, 256 for AlexNet, 512/2048 for torchvision ResNets",
-    "weights": "local state-dict file to initialise a torchvision ResNet (never downloaded)",
+    "model": "network: resnet20/32/56/110 (K = 64), alexnet (256), resnet18/34 (512), resnet50/101/152 (2048), "
+             "torchvision:NAME (any torchvision classifier), timm:NAME (with the timm extra), or "
+             "package.module:callable (callable(num_classes) -> nn.Module, importable on every node)",
+    "layer": "module whose output the gate multiplies (default: the last feature map before global pooling)",
+    "weights": "local state-dict file to initialise the model (never downloaded); a head of another class "
+               "count is replaced",
     "method": "csg (class-specific gate) or std (baseline, no gate)",
     "scheme": "alternate (Algorithm 1: whole epochs on one path) or joint (both paths every batch)",
     "gate": "learned G, or fixed (Appendix E: m1 filters per class, m2 shared)",
@@ -54,8 +58,10 @@ HELP = {
     "lambda2": "weight of the sparsity term d(||G||_1, g)",
     "g_density": "sparsity target g/(C*K), in [1/C, 1] (default 1/C, i.e. g = K)",
     "psi": "norm psi in d = psi(ReLU(||G||_1 - g))",
-    "std_frozen": "STD path: freeze every stage up to and including this one",
-    "csg_frozen": "CSG path: freeze every stage up to and including this one",
+    "std_frozen": "STD path: modules not trained, comma-separated (a built-in model's stage: it and every "
+                  "stage before it)",
+    "csg_frozen": "CSG path: modules not trained, comma-separated (a built-in model's stage: it and every "
+                  "stage before it)",
     "seed": "random seed of the run",
     "workers": "Ray Train workers (DDP ranks)",
     "gpu": "GPUs for the workers, NCCL backend (gloo on CPU otherwise)",

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from csg import data as data_lib
 from csg.method.gate import PSI_CHOICES
-from csg.method.models import LAST_CONV_FILTERS, MODEL_CHOICES, TORCHVISION_RESNETS
 from csg.method.precision import AMP_CHOICES, compile_unavailable
 
 
@@ -25,6 +24,7 @@ class TrainConfig:
     image_size: int = 224
     augment: str | None = None  # imagefolder: imagenet | cifar | crop | none; default by image size
     model: str = "resnet20"
+    layer: str | None = None  # the gated layer; default: the last feature map before global pooling
     weights: str | None = None
     # how to train
     method: str = "csg"  # csg | std
@@ -133,7 +133,6 @@ PRESETS: dict[str, dict] = {
 CHOICES = {
     "dataset": data_lib.DATASET_CHOICES,
     "augment": data_lib.AUGMENTS,
-    "model": MODEL_CHOICES,
     "method": ("csg", "std"),
     "scheme": ("alternate", "joint"),
     "gate": ("learned", "fixed"),
@@ -157,8 +156,7 @@ def validate(cfg: TrainConfig, fixed_gate_classes: int | None = None) -> data_li
         info = data_lib.describe(cfg.dataset, cfg.data or data_lib.DEFAULT_DATA_ROOT)
     except data_lib.DataError as exc:
         raise ConfigError(str(exc)) from None
-    _check_against_data(cfg, info, fixed_gate_classes)
-    _check_frozen_stages(cfg)
+    _check_against_data(cfg, info, _check_model(cfg, info), fixed_gate_classes)
     _check_device(cfg)
     return info
 
@@ -186,25 +184,45 @@ def _check_values(cfg: TrainConfig) -> None:
 
 
 def _check_files(cfg: TrainConfig) -> None:
-    if cfg.weights is not None:
-        if cfg.model not in TORCHVISION_RESNETS:
-            _fail("weights", f"applies to {', '.join(TORCHVISION_RESNETS)} only", cfg.model)
-        if not Path(cfg.weights).is_file():
-            _fail("weights", "file does not exist", cfg.weights)
+    if cfg.weights is not None and not Path(cfg.weights).is_file():
+        _fail("weights", "file does not exist", cfg.weights)
     if cfg.augment is not None and cfg.dataset != "imagefolder":
         _fail("augment", "applies to imagefolder only (the other data sets have their own)", cfg.augment)
     if cfg.data is not None and not Path(cfg.data).is_dir():
         _fail("data", "directory does not exist", cfg.data)
 
 
-def _check_against_data(cfg: TrainConfig, info: data_lib.DatasetInfo, fixed_gate_classes: int | None) -> None:
+def _check_model(cfg: TrainConfig, info: data_lib.DatasetInfo) -> int:
+    """Build the model once, on the CPU: its spec resolves, its weights and gated layer fit,
+    the frozen modules are its own. Returns K, the gated channels."""
+    from csg.method.attach import AttachError
+    from csg.method.models import ModelSpecError, WeightsError, build_model
+
+    try:
+        model = build_model(cfg.model, info.num_classes, info.in_channels, info.mean, info.std, cfg.weights,
+                            cfg.layer)
+    except ModelSpecError as exc:
+        _fail("model", str(exc), cfg.model)
+    except WeightsError as exc:
+        _fail("weights", str(exc), cfg.weights)
+    except AttachError as exc:
+        _fail("layer" if cfg.layer else "model", str(exc), cfg.layer or cfg.model)
+    for name in ("std_frozen", "csg_frozen"):
+        try:
+            model.frozen_prefixes(getattr(cfg, name))
+        except ValueError as exc:
+            _fail(name, str(exc), getattr(cfg, name))
+    return model.num_filters
+
+
+def _check_against_data(cfg: TrainConfig, info: data_lib.DatasetInfo, K: int, fixed_gate_classes: int | None) -> None:
     if cfg.num_classes is not None and cfg.num_classes != info.num_classes:
         _fail("num_classes", f"{cfg.dataset} at {cfg.data} has {info.num_classes} classes", cfg.num_classes)
     if cfg.batch_size > info.train_size:
         _fail("batch_size", f"must be <= the training set size ({info.train_size})", cfg.batch_size)
     if cfg.batch_size < cfg.workers:
         _fail("batch_size", f"must be >= --workers ({cfg.workers}), it is split across them", cfg.batch_size)
-    C, K = info.num_classes, LAST_CONV_FILTERS[cfg.model]
+    C = info.num_classes
     if cfg.g_density is not None and not 1 / C - 1e-12 <= cfg.g_density <= 1:
         _fail("g_density", f"must be in [1/C, 1] = [{1 / C:.6g}, 1] so that g >= K", cfg.g_density)
     if fixed_gate_classes is not None and fixed_gate_classes != C:
@@ -212,15 +230,6 @@ def _check_against_data(cfg: TrainConfig, info: data_lib.DatasetInfo, fixed_gate
               cfg.fixed_gate_from)
     if cfg.method == "csg" and cfg.gate == "fixed" and (cfg.m1 < 1 or cfg.m2 < 0 or cfg.m1 * C + cfg.m2 > K):
         _fail("m1", f"need m1 >= 1, m2 >= 0 and m1*C + m2 <= K = {K} for C = {C}", f"m1={cfg.m1}, m2={cfg.m2}")
-
-
-def _check_frozen_stages(cfg: TrainConfig) -> None:
-    stages = ("none", "stem", "layer1", "layer2", "layer3", "layer4")
-    if cfg.model in ("resnet20", "resnet32", "resnet56", "resnet110"):
-        stages = stages[:-1]
-    for name in ("std_frozen", "csg_frozen"):
-        if getattr(cfg, name) not in stages:
-            _fail(name, f"must be one of {', '.join(stages)}", getattr(cfg, name))
 
 
 def _check_device(cfg: TrainConfig) -> None:

@@ -92,13 +92,13 @@ def test_fixed_gate_stays_constant():
 def test_per_path_frozen_stages_and_learning_rates():
     cfg, model, gate, opts = engine_setup(std_frozen="stem", csg_frozen="layer2", csg_lr=0.5)
     assert opts["csg"].param_groups[0]["lr"] == 0.5 and opts["std"].param_groups[0]["lr"] == 0.05
-    stem = model.stages["stem"][0].weight.detach().clone()
-    layer1 = model.stages["layer1"][0].conv1.weight.detach().clone()
+    stem = model.net.stages["stem"][0].weight.detach().clone()
+    layer1 = model.net.stages["layer1"][0].conv1.weight.detach().clone()
     engine.train_one_epoch(model, gate, toy_loader(), "csg", opts["csg"], loss_of(cfg), CPU)
-    assert torch.equal(stem, model.stages["stem"][0].weight) and torch.equal(layer1, model.stages["layer1"][0].conv1.weight)
+    assert torch.equal(stem, model.net.stages["stem"][0].weight) and torch.equal(layer1, model.net.stages["layer1"][0].conv1.weight)
     engine.train_one_epoch(model, gate, toy_loader(), "std", opts["std"], loss_of(cfg), CPU)
-    assert torch.equal(stem, model.stages["stem"][0].weight)
-    assert not torch.equal(layer1, model.stages["layer1"][0].conv1.weight)
+    assert torch.equal(stem, model.net.stages["stem"][0].weight)
+    assert not torch.equal(layer1, model.net.stages["layer1"][0].conv1.weight)
 
 
 def test_nan_loss_names_epoch_and_step():

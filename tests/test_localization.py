@@ -9,7 +9,6 @@ from torch import nn
 from analysis.localization import (
     Statistics,
     first_per_class,
-    has_gap_linear_head,
     score,
 )
 from analysis.localization_metrics import (
@@ -32,7 +31,7 @@ from analysis.saliency import (
     top_thresholds,
 )
 from analysis.studies import Run
-from csg.method.models import GatedClassifier
+from csg.method.attach import attach
 from tests.helpers import (
     REPO,
     copy_results,
@@ -43,26 +42,39 @@ from tests.helpers import (
 )
 
 
-class ChannelsAsFilters(GatedClassifier):
-    """A probe whose last-conv map is the input itself: filter k's map is channel k."""
+class GapLinear(nn.Module):
+    """`maps` (the layer the gate is attached to), then global pooling and one linear layer."""
 
-    def __init__(self, channels: int, classes: int):
-        super().__init__((0.0,) * channels, (1.0,) * channels)
-        self.stages = nn.ModuleDict({"stem": nn.Identity()})
-        self.fc = nn.Linear(channels, classes)
+    def __init__(self, maps: nn.Module, channels: int, classes: int, pool: str = "mean"):
+        super().__init__()
+        self.maps, self.fc, self.pool = maps, nn.Linear(channels, classes), pool
+
+    def forward(self, x):
+        activation = self.maps(x)
+        return self.fc(activation.mean(dim=(2, 3)) if self.pool == "mean" else activation.amax(dim=(2, 3)))
 
 
-class PixelwiseLinear(GatedClassifier):
+class PixelWeights(nn.Module):
     """A_k = sum_c W[k, c] * x_c pixel by pixel: GAP(A_k) is linear in x, with gradient W_k / (H W)."""
 
     def __init__(self, weight: torch.Tensor):
-        super().__init__((0.0,) * weight.shape[1], (1.0,) * weight.shape[1])
+        super().__init__()
         self.weight = nn.Parameter(weight)
-        self.stages = nn.ModuleDict({"stem": nn.Identity()})
-        self.fc = nn.Linear(weight.shape[0], 2)
 
-    def features(self, x):
+    def forward(self, x):
         return torch.einsum("kchw,bchw->bkhw", self.weight, x)
+
+
+def channels_as_filters(channels: int, classes: int, pool: str = "mean"):
+    """A probe whose gated map is the input itself: filter k's map is channel k."""
+    return attach(GapLinear(nn.Identity(), channels, classes, pool), classes, "maps", in_channels=channels,
+                  mean=(0.0,) * channels, std=(1.0,) * channels)
+
+
+def pixelwise_linear(weight: torch.Tensor):
+    channels = weight.shape[1]
+    return attach(GapLinear(PixelWeights(weight), weight.shape[0], 2), 2, "maps", in_channels=channels,
+                  mean=(0.0,) * channels, std=(1.0,) * channels, example=torch.rand(1, channels, *weight.shape[2:]))
 
 
 def region(height, width, top, left, h, w):
@@ -108,7 +120,7 @@ def test_activmap_of_a_filter_that_indicates_a_region_localizes_it_exactly():
     rng = np.random.default_rng(0)
     regions = torch.stack([region(16, 16, int(t), int(l), 10, 9) for t, l in rng.integers(0, 6, (8, 2))])
     images = torch.stack([regions.float(), torch.rand(8, 16, 16)], dim=1)  # channel 1: noise
-    model = ChannelsAsFilters(2, 2).eval()
+    model = channels_as_filters(2, 2).eval()
     thresholds = top_thresholds(activation_histogram(model.features(images)))
     forward = ActivMap().forward(model, images, torch.zeros(8, dtype=torch.long))
     segments = ActivMap().segments(forward, [0, 1], thresholds)
@@ -119,7 +131,7 @@ def test_activmap_of_a_filter_that_indicates_a_region_localizes_it_exactly():
 def test_gradmap_of_a_linear_model_is_its_weights_normalised():
     torch.manual_seed(0)
     weight = torch.randn(3, 2, 8, 8)
-    model = PixelwiseLinear(weight).eval()
+    model = pixelwise_linear(weight).eval()
     images = torch.rand(4, 2, 8, 8)
     for channels, reduce in (("l2", lambda w: w.norm(dim=0)), ("max-abs", lambda w: w.abs().amax(dim=0))):
         maps = gradient_maps(GradMap().forward(model, images, torch.zeros(4, dtype=torch.long)), [0, 2], channels)
@@ -143,9 +155,9 @@ def test_blur_keeps_a_constant_map_and_spreads_a_point():
 def test_cam_of_the_labelled_class_finds_the_region_its_filters_fire_on():
     masks = torch.stack([region(10, 10, 0, 0, 6, 6), region(10, 10, 4, 4, 6, 6)])  # 36% of the pixels each
     images = torch.stack([masks[0], masks[1]], dim=0).float()[None].repeat(2, 1, 1, 1)  # channel c: region c
-    model = ChannelsAsFilters(2, 2).eval()
+    model = channels_as_filters(2, 2).eval()
     with torch.no_grad():
-        model.fc.weight.copy_(torch.eye(2))
+        model.net.fc.weight.copy_(torch.eye(2))
     right = CAM().segments(CAM().forward(model, images, torch.tensor([0, 1])))
     wrong = CAM().segments(CAM().forward(model, images, torch.tensor([1, 0])))
     assert iou(right, masks)[:, 0].tolist() == [1.0, 1.0]
@@ -173,7 +185,7 @@ def test_score_sums_per_filter_and_per_image_and_top_filters_scoring_averages_th
     masks = torch.stack([region(6, 6, 0, 0, 3, 6), region(6, 6, 3, 0, 3, 6)])
     images = torch.stack([masks.float(), masks.flip(0).float()], dim=1)  # filter 0 right, filter 1 wrong
     labels = torch.tensor([0, 1])
-    model = ChannelsAsFilters(2, 2).eval()
+    model = channels_as_filters(2, 2).eval()
     batches = [(images, labels, masks, torch.tensor([0, 1]))]
     thresholds = top_thresholds(activation_histogram(model.features(images)))
     tally = score(model, ActivMap(), batches, [0, 1], 2, thresholds,
@@ -197,11 +209,8 @@ def test_images_are_scored_in_label_order_and_at_most_per_class():
 
 
 def test_a_model_whose_head_is_not_gap_then_linear_has_no_cam():
-    class MaxPooled(ChannelsAsFilters):
-        def classify(self, activation):
-            return self.fc(activation.amax(dim=(2, 3)))
-
-    assert has_gap_linear_head(ChannelsAsFilters(2, 2)) and not has_gap_linear_head(MaxPooled(2, 2))
+    assert channels_as_filters(2, 2).linear_head is not None
+    assert channels_as_filters(2, 2, pool="max").linear_head is None
 
 
 def _documented_gradmap_settings():

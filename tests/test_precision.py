@@ -8,7 +8,7 @@ from torch import nn
 from csg.config import TrainConfig
 from csg.method import engine
 from csg.method.gate import ClassSpecificGate
-from csg.method.models import GatedClassifier
+from csg.method.attach import attach
 from csg.method.precision import Precision, compile_unavailable, resolve_amp
 from tests.helpers import engine_setup, job_main, toy_loader
 
@@ -29,7 +29,7 @@ def test_default_precision_is_off_on_the_cpu():
 def test_bf16_runs_the_network_in_bf16_and_keeps_g_and_its_gradient_in_fp32():
     cfg, model, gate, opts = engine_setup()
     seen = []
-    model.fc.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    model.net.fc.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     gate.weight.register_hook(lambda grad: seen.append(("grad", grad.dtype)))
     stats = _epoch(model, gate, opts, cfg, Precision("bf16"))
     assert torch.bfloat16 in seen and ("grad", torch.float32) in seen
@@ -73,20 +73,17 @@ def test_channels_last_matches_the_default_layout():
         precision = Precision("off", channels_last=channels_last)
         precision.model(model)
         stats = _epoch(model, gate, opts, cfg, precision, loader=[next(iter(toy_loader()))])
-        results.append((stats.loss_total, gate.weight.detach().clone(), model.fc.weight.detach().clone()))
+        results.append((stats.loss_total, gate.weight.detach().clone(), model.net.fc.weight.detach().clone()))
     (loss_a, gate_a, fc_a), (loss_b, gate_b, fc_b) = results
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
     assert torch.allclose(gate_a, gate_b, atol=1e-6) and torch.allclose(fc_a, fc_b, atol=1e-6)
     assert not torch.equal(gate_a, torch.ones_like(gate_a))  # the step moved G
 
 
-class _TinyNet(GatedClassifier):
-    """One conv stage: the smallest network the engine trains, so compiling it takes seconds."""
-
-    def __init__(self):
-        super().__init__(mean=(0.5,), std=(0.3,))
-        self.stages = nn.ModuleDict({"stem": nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU())})
-        self.fc = nn.Linear(8, 3)
+def _tiny_net():
+    """One conv layer: the smallest network the engine trains, so compiling it takes seconds."""
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    return attach(net, 3, mean=(0.5,), std=(0.3,), quiet=True)
 
 
 def test_a_compiled_model_trains_like_the_eager_one():
@@ -96,7 +93,7 @@ def test_a_compiled_model_trains_like_the_eager_one():
     results = []
     for compiled in (False, True):
         torch.manual_seed(0)
-        model = _TinyNet()
+        model = _tiny_net()
         gate = ClassSpecificGate(3, 8)
         cfg = TrainConfig(lr=0.05, epochs=2)
         opts = engine.build_optimizers(model, gate, cfg)

@@ -121,10 +121,10 @@ def test_voc_resnet152_preset_fine_tunes_from_a_weights_file_and_localizes(ray_l
     assert [state["epoch"] for state in states] == [0, 1]  # kept: both (--keep-checkpoints 0)
     after_std, after_csg = (state["model"] for state in states)
     for name in ("conv1.weight", "layer1.0.conv1.weight", "layer2.0.conv1.weight"):
-        assert torch.equal(after_csg[f"stages.{'stem.0.weight' if name == 'conv1.weight' else name}"], initial[name])
-    assert not torch.equal(after_std["stages.layer3.0.conv1.weight"], initial["layer3.0.conv1.weight"])
-    assert torch.equal(after_csg["stages.layer3.0.conv1.weight"], after_std["stages.layer3.0.conv1.weight"])
-    assert not torch.equal(after_csg["stages.layer4.0.conv1.weight"], after_std["stages.layer4.0.conv1.weight"])
+        assert torch.equal(after_csg[f"net.stages.{'stem.0.weight' if name == 'conv1.weight' else name}"], initial[name])
+    assert not torch.equal(after_std["net.stages.layer3.0.conv1.weight"], initial["layer3.0.conv1.weight"])
+    assert torch.equal(after_csg["net.stages.layer3.0.conv1.weight"], after_std["net.stages.layer3.0.conv1.weight"])
+    assert not torch.equal(after_csg["net.stages.layer4.0.conv1.weight"], after_std["net.stages.layer4.0.conv1.weight"])
     found = job_main("analyze")(["localize", "--results", str(tmp_path / "results"), "--runs", "voc",
                                  "--methods", "cam", "activmap", "--examples", "1", "--shards", "1"])
     table = found.tables["localization"]

@@ -98,7 +98,7 @@ def _build_worker(cfg: TrainConfig) -> _Worker:
     test_shard = Subset(test_set, range(rank, len(test_set), world))
     test_loader = DataLoader(test_shard, batch_size=cfg.batch_size // world, **loader_kw)
 
-    model = build_model(cfg.model, info.num_classes, info.in_channels, info.mean, info.std, cfg.weights)
+    model = build_model(cfg.model, info.num_classes, info.in_channels, info.mean, info.std, cfg.weights, cfg.layer)
     gate = make_gate(cfg, info.num_classes, model.num_filters)
     precision = Precision(resolve_amp(cfg.amp, device), device.type, cfg.channels_last)
     precision.model(model.to(device))

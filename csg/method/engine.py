@@ -44,15 +44,14 @@ def optimizer_roles(cfg: TrainConfig) -> tuple[str, ...]:
 
 
 def build_optimizers(model: nn.Module, gate: ClassSpecificGate | None, cfg: TrainConfig):
-    """One optimizer per path, each over that path's trainable stages; G only on gated paths.
-
-    G gets no weight decay: its sparsity is the regulariser's job.
+    """One optimizer per path over every parameter of the model that path does not freeze;
+    G only on gated paths. G gets no weight decay: its sparsity is the regulariser's job.
     """
     optimizers = {}
     for role in optimizer_roles(cfg):
         frozen = cfg.csg_frozen if role == "csg" else cfg.std_frozen
         lr = cfg.csg_learning_rate if role == "csg" else cfg.lr
-        groups = [{"params": model.stage_parameters(frozen), "weight_decay": cfg.weight_decay}]
+        groups = [{"params": model.trainable_parameters(frozen), "weight_decay": cfg.weight_decay}]
         if role != "std" and gate is not None and gate.learnable:
             groups.append({"params": [gate.weight], "weight_decay": 0.0})
         if cfg.optimizer == "sgd":

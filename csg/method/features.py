@@ -37,9 +37,9 @@ def gap_features(model: nn.Module, loader, device, all_layers: bool = False) -> 
     out = {"features": [], "labels": [], "predictions": [], "all_layers": []}
     for images, labels in loader:
         with _ConvOutputs(model) as convs:
-            activation = model.features(images.to(device))
+            activation, logits = model.features_and_logits(images.to(device))
         out["features"].append(activation.mean(dim=(2, 3)).cpu())
-        out["predictions"].append(model.classify(activation).argmax(1).cpu())
+        out["predictions"].append(logits.argmax(1).cpu())
         out["labels"].append(labels)
         if all_layers:
             out["all_layers"].append(torch.cat(convs.pooled, dim=1).cpu())

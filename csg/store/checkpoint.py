@@ -15,6 +15,7 @@ def save(folder: Path, model, gate, optimizers, schedulers, cfg, epoch: int, his
     state = {
         "scaler": scaler or {},
         "model": model.state_dict(),
+        "num_classes": model.num_classes,
         "gate": gate.state_dict() if gate is not None else None,
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
         "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
@@ -39,10 +40,10 @@ def load(folder: Path, model, gate, optimizers, schedulers, cfg) -> dict:
     """Restore everything in place; a checkpoint of another model or class count is refused."""
     state = read(folder)
     saved = state["config"]
-    for key in ("model", "method", "gate", "scheme"):
-        if saved[key] != getattr(cfg, key):
-            raise ValueError(f"checkpoint {folder} has {key}={saved[key]!r}, this run has {getattr(cfg, key)!r}")
-    saved_classes = state["model"]["fc.weight"].shape[0]
+    for key in ("model", "layer", "method", "gate", "scheme"):
+        if saved.get(key) != getattr(cfg, key):
+            raise ValueError(f"checkpoint {folder} has {key}={saved.get(key)!r}, this run has {getattr(cfg, key)!r}")
+    saved_classes = state.get("num_classes") or state["model"]["fc.weight"].shape[0]  # before: the head's rows
     if saved_classes != model.num_classes:
         raise ValueError(f"checkpoint {folder} has {saved_classes} classes, this run has {model.num_classes}")
     model.load_state_dict(state["model"])
@@ -98,7 +99,7 @@ def restore_model(folder: Path, state: dict | None = None):
     state = read(folder) if state is None else state
     cfg = saved_config(state)
     info = describe(cfg.dataset, cfg.data)
-    model = build_model(cfg.model, info.num_classes, info.in_channels, info.mean, info.std)
+    model = build_model(cfg.model, info.num_classes, info.in_channels, info.mean, info.std, layer=cfg.layer)
     model.load_state_dict(state["model"])
     return model.eval(), cfg, info
 
