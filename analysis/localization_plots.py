@@ -22,17 +22,18 @@ def best_filters(filters: pd.DataFrame, run_id: str) -> dict[int, int]:
 
 
 def example_maps(checkpoint: str, split: str, indices, class_filters: dict | None = None,
-                 thresholds: torch.Tensor | None = None) -> dict:
-    """Images, masks, the CAM of the labelled class (map, segmentation, IoU) and, with
-    `class_filters`, the ActivMap of the label's best filter, for the chosen images."""
+                 thresholds: torch.Tensor | None = None, cam: bool = True) -> dict:
+    """Images, masks, with `cam` the CAM of the labelled class (map, segmentation, IoU) and,
+    with `class_filters`, the ActivMap of the label's best filter, for the chosen images."""
     model, cfg, device = restore(checkpoint)
     images, labels, masks, _ = next(iter(open_split(cfg, split, indices, len(indices))))
     images, masks = images.to(device), masks.to(device)
     forward = CAM().forward(model, images, labels)
-    cam, cam_segments = CAM.maps(forward), CAM().segments(forward)
-    out = {"images": images.cpu().numpy(), "labels": labels.numpy(), "masks": masks.cpu().numpy(),
-           "cam": cam[:, 0].cpu().numpy(), "cam_segments": cam_segments[:, 0].cpu().numpy(),
-           "cam_iou": iou(cam_segments, masks)[:, 0].cpu().numpy()}
+    out = {"images": images.cpu().numpy(), "labels": labels.numpy(), "masks": masks.cpu().numpy()}
+    if cam:
+        maps, segments = CAM.maps(forward), CAM().segments(forward)
+        out.update(cam=maps[:, 0].cpu().numpy(), cam_segments=segments[:, 0].cpu().numpy(),
+                   cam_iou=iou(segments, masks)[:, 0].cpu().numpy())
     if class_filters:
         chosen = np.array([class_filters.get(int(y), -1) for y in labels])  # -1: no filter focused on it
         maps = ActivMap.maps(forward, chosen.clip(0)).diagonal(dim1=0, dim2=1).permute(2, 0, 1)  # image i, filter i
@@ -108,7 +109,7 @@ def draw(runs, found, split: str, figures_dir: Path, per_class: int = 3, echo=pr
     filters = found.tables["localization_filters"] if "activmap" in methods else None
     calls = {run.run_id: (example_maps, (run.checkpoint, split, indices,
                                           None if filters is None else best_filters(filters, run.run_id),
-                                          found.thresholds.get(run.run_id)))
+                                          found.thresholds.get(run.run_id), "cam" in methods))
              for run in runs}
     maps = fan_out("localize: figures", calls, progress=False, num_gpus=gpus_per_task())
     stem = "_".join(run.run_id for run in runs)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from csg.store.results import ResultStore
 
@@ -58,31 +59,58 @@ def resolve_runs(store: ResultStore, run_ids, which: str = "latest", option: str
 @dataclass
 class RunArrays:
     """What a study needs of one run: features (N, K), labels and STD-path predictions (N,),
-    the head fc (C, K) and (C,), the last conv filters flattened (K, D), and G (C, K) or None."""
+    the head fc (C, K) and (C,) when it is Linear(GAP(A)) (None for any other head), the gated
+    channels' conv filters flattened (K, D) or None, and G (C, K) or None. Without a linear
+    head, predictions with filters masked come from the model itself (`checkpoint`, `split`)."""
 
     features: np.ndarray
     labels: np.ndarray
     predictions: np.ndarray
-    fc_weight: np.ndarray
-    fc_bias: np.ndarray
-    filters: np.ndarray
+    fc_weight: np.ndarray | None
+    fc_bias: np.ndarray | None
+    filters: np.ndarray | None
     gate: np.ndarray | None
+    classes: int | None = None  # C, when there is no fc_weight to read it from
+    checkpoint: str | None = None
+    split: str = "test"
 
     @property
     def num_classes(self) -> int:
-        return self.fc_weight.shape[0]
+        return self.fc_weight.shape[0] if self.fc_weight is not None else self.classes
 
     @property
     def num_filters(self) -> int:
-        return self.fc_weight.shape[1]
+        return self.features.shape[1]
 
     def predict(self, keep: np.ndarray | None = None, chunk: int = 4096) -> np.ndarray:
-        """The head's predictions on the features, with filters outside `keep` (a (K,) bool
-        mask) zeroed; in chunks, so memory stays O(chunk x C) however many images there are.
-        GAP is linear, so zeroing a feature is exactly zeroing its filter's activation map."""
+        """Predictions with the filters outside `keep` (a (K,) bool mask) zeroed. With a linear
+        head, from the features, in chunks so memory stays O(chunk x C): GAP is linear, so zeroing
+        a feature is exactly zeroing its filter's map. With any other head, by the model itself,
+        its gate point multiplying the map by `keep`."""
+        if self.fc_weight is None:
+            return self.predictions if keep is None else masked_predictions(self.checkpoint, self.split, keep)
         weight = self.fc_weight if keep is None else self.fc_weight * keep
         return np.concatenate([(self.features[i:i + chunk] @ weight.T + self.fc_bias).argmax(1)
                                for i in range(0, len(self.features), chunk)])
+
+
+@torch.no_grad()
+def masked_predictions(checkpoint: str, split: str, keep: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The STD-path predictions of a checkpoint's model over its split with each filter's map
+    multiplied by `keep` (K,): the gate point set to one row for every image."""
+    from torch.utils.data import DataLoader
+
+    from csg.data import collate_skipping_bad
+    from csg.method.features import default_device
+    from csg.store import checkpoint as ckpt_lib
+
+    model, cfg, _ = ckpt_lib.restore_model(checkpoint)
+    device = default_device()
+    model.to(device)
+    row = torch.as_tensor(keep, dtype=torch.float32, device=device)[None]
+    loader = DataLoader(ckpt_lib.evaluation_split(cfg, split), batch_size=batch_size, collate_fn=collate_skipping_bad)
+    return np.concatenate([model(images.to(device), row.expand(len(images), -1)).argmax(1).cpu().numpy()
+                           for images, _ in loader])
 
 
 def last_conv_filters(model) -> np.ndarray | None:
@@ -100,17 +128,22 @@ def load_run_arrays(checkpoint: str, split: str = "test", batch_size: int = 256)
 
     state = ckpt_lib.read(checkpoint)
     model, _, _ = ckpt_lib.restore_model(checkpoint, state)
-    if model.linear_head is None:
-        raise StudyError(f"checkpoint {checkpoint}: the studies read the head as Linear(GAP(A)), and this "
-                         f"model's head ({type(model.net).__name__}) is another")
     extracted = ckpt_lib.checkpoint_features(checkpoint, split, batch_size=batch_size, state=state)
+    head = model.linear_head
     return RunArrays(
         features=extracted["features"].astype(np.float64), labels=extracted["labels"],
         predictions=extracted["predictions"],
-        fc_weight=model.linear_head.weight.detach().numpy().astype(np.float64),
-        fc_bias=model.linear_head.bias.detach().numpy().astype(np.float64),
+        fc_weight=None if head is None else head.weight.detach().numpy().astype(np.float64),
+        fc_bias=None if head is None else _bias(head),
         filters=last_conv_filters(model), gate=ckpt_lib.saved_gate(state),
+        classes=model.num_classes, checkpoint=str(checkpoint), split=split,
     )
+
+
+def _bias(head) -> np.ndarray:
+    if head.bias is None:
+        return np.zeros(head.out_features)
+    return head.bias.detach().numpy().astype(np.float64)
 
 
 def load_arrays(runs: list[Run], split: str = "test") -> dict:

@@ -151,3 +151,32 @@ def test_checkpoint_of_another_model_fails_the_run_in_one_line(digits_run, tmp_p
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 1 and "Traceback" not in err
     assert "has model='resnet20', this run has 'resnet32'" in err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_model_of_ones_own_trains_under_ray_and_its_checkpoint_is_analysed(ray_local, tmp_path, capsys):
+    """--model package.module:callable through Ray Train (2 workers), then MI, the four studies
+    and ActivMap/GradMap localization from its checkpoint, rebuilt from the spec the run recorded."""
+    results = tmp_path / "r"
+    row = job_main("train_cifar")(["--dataset", "digits-scenes", "--model", "tests.test_attach:own_net",
+                                   "--epochs", "2", "--workers", "2", "--batch-size", "64",
+                                   "--results", str(results), "--run-id", "own"])
+    assert row["status"] == "finished" and row["num_filters"] == 24
+    assert len(pd.read_parquet(results / "gates")) == 10 * 24
+    mis = job_main("analyze")(["mi", "--results", str(results), "--run", "own"])
+    assert abs(mis - row["mis"]) < 1e-9
+    # an MLP head: masking asks the model itself, its gate point set to the kept filters
+    job_main("analyze")(["studies", "--results", str(results), "--runs", "own", "--rule", "activation"])
+    for table in ("masking", "similarity", "correlation_summary", "kmeans_summary"):
+        assert set(pd.read_parquet(results / table)["run_id"].astype(str)) == {"own"}, table
+    masking = pd.read_parquet(results / "masking")
+    assert (masking.groupby("mask_set", observed=True)["count"].sum() == 360).all()  # every test image, once
+    job_main("analyze")(["localize", "--results", str(results), "--runs", "own", "--methods", "activmap",
+                         "gradmap", "--per-class", "2", "--examples", "1"])
+    scored = pd.read_parquet(results / "localization")
+    scored_iou = scored["avg_iou"].dropna()  # NaN: a class no filter focuses on
+    assert set(scored["method"]) == {"activmap", "gradmap"} and len(scored_iou) and scored_iou.between(0, 1).all()
+    with pytest.raises(SystemExit):
+        job_main("analyze")(["localize", "--results", str(results), "--runs", "own", "--methods", "cam"])
+    assert "does not end in global average pooling and one linear layer" in capsys.readouterr().err

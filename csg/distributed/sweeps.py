@@ -183,7 +183,7 @@ def launch_sweep(cfg: TrainConfig, info: DatasetInfo, args: dict, make_space) ->
         if args["sweep_id"] and _saved(cfg.storage_path, args["sweep_id"]):
             raise ConfigError(f"--sweep-id: sweep {args['sweep_id']!r} exists under {cfg.storage_path}; "
                               f"continue it with --resume or choose another id")
-        args = {**args, "sweep_id": args["sweep_id"] or f"{cfg.dataset}-{cfg.model}-sweep-"
+        args = {**args, "sweep_id": args["sweep_id"] or f"{cfg.dataset}-{run_record.model_tag(cfg.model)}-sweep-"
                 f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"}
     param_space = make_space(args, info.num_classes)
     check_relative_paths({"results": cfg.results, "storage": cfg.storage})

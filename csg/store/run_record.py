@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import time
@@ -28,7 +29,13 @@ VERSIONED_PACKAGES = ("csg-ray", "torch", "torchvision", "ray", "scikit-learn", 
 
 def new_run_id(cfg: TrainConfig) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.dataset}-{cfg.model}-{cfg.method}-{stamp}-{secrets.token_hex(3)}"
+    return f"{cfg.dataset}-{model_tag(cfg.model)}-{cfg.method}-{stamp}-{secrets.token_hex(3)}"
+
+
+def model_tag(spec: str) -> str:
+    """A model spec as it may stand in a run or sweep id, a folder name: torchvision:vit_b_16 ->
+    vit_b_16, mypackage.nets:small_cnn -> small_cnn."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", spec.rpartition(":")[2])
 
 
 def write_epochs(store: ResultStore, run_id: str, history: list[dict]) -> None:
