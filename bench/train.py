@@ -1,6 +1,7 @@
 """Training speed, side by side in one run: the engine's STD and CSG steps, the CSG step with
 the gate built the authors' way, an epoch in a plain process against the same epoch under Ray
-Train, host synchronisations per step, and the ImageFolder loader against the model.
+Train, host synchronisations per step, and the ImageFolder loader against the model; the CSG
+step through attach's hook against the same step written out (`attached_over_builtin`).
 
     python bench/train.py                                  # this CPU: ResNet-20 at 32 px, a few minutes
     python bench/train.py --device cuda --model resnet18 --image-size 224 --batch-size 256
@@ -36,6 +37,23 @@ from csg.testing.host_syncs import HostSyncCounter
 REPO = Path(__file__).resolve().parents[1]
 
 
+class Unhooked(torch.nn.Module):
+    """A built-in model's gated forward written out, without attach's hook: the computation the
+    built-in models ran before they were attached like any other."""
+
+    def __init__(self, gated):
+        super().__init__()
+        self.gated = gated
+
+    def forward(self, x, gate_rows=None):
+        x = (x - self.gated.mean) / self.gated.std
+        for stage in self.gated.net.stages.values():
+            x = stage(x)
+        if gate_rows is not None:
+            x = x * gate_rows[:, :, None, None]
+        return self.gated.net.fc(x.mean(dim=(2, 3)))
+
+
 class LoopGate(ClassSpecificGate):
     """The gate rows built as the authors' code builds them: a Python loop over the samples,
     reading each label on the host."""
@@ -49,7 +67,7 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def stepper(args, path: str, gate_class=ClassSpecificGate):
+def stepper(args, path: str, gate_class=ClassSpecificGate, wrap=None):
     """One engine step (forward, backward, optimizer, projection) on `path`, ready to call."""
     torch.manual_seed(0)
     cfg = TrainConfig(method="std" if path == "std" else "csg", lr=0.05, epochs=10)
@@ -58,7 +76,8 @@ def stepper(args, path: str, gate_class=ClassSpecificGate):
     model = precision.model(build_model(args.model, args.classes, 3).to(device))
     gate = None if path == "std" else gate_class(args.classes, model.num_filters).to(device)
     optimizer = engine.build_optimizers(model, gate, cfg)[path]
-    runner = torch.compile(model) if args.compile else model
+    runner = model if wrap is None else wrap(model)
+    runner = torch.compile(runner) if args.compile else runner
     generator = torch.Generator().manual_seed(0)
     batch = [(torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=generator),
               torch.randint(0, args.classes, (args.batch_size,), generator=generator))]
@@ -177,17 +196,18 @@ def main(argv=None):
     say = lambda line: print(line, flush=True)  # noqa: E731
 
     timed = step_seconds(args, {"std": stepper(args, "std"), "csg": stepper(args, "csg"),
-                                "loop": stepper(args, "csg", LoopGate)})
-    std, csg, loop = timed["std"], timed["csg"], timed["loop"]
+                                "loop": stepper(args, "csg", LoopGate), "unhooked": stepper(args, "csg", wrap=Unhooked)})
+    std, csg, loop, unhooked = timed["std"], timed["csg"], timed["loop"], timed["unhooked"]
     amp = resolve_amp(args.amp, torch.device(args.device))
     fast = f"amp {amp}{', channels-last' if args.channels_last else ''}{', compiled' if args.compile else ''}"
     say(f"step ({args.model}, {args.image_size} px, batch {args.batch_size}, {args.device}, {fast}): "
-        f"STD {1000 * std:.1f} ms, CSG {1000 * csg:.1f} ms, CSG with a per-sample loop gate {1000 * loop:.1f} ms")
+        f"STD {1000 * std:.1f} ms, CSG {1000 * csg:.1f} ms, CSG with a per-sample loop gate {1000 * loop:.1f} ms, "
+        f"CSG written out without the hook {1000 * unhooked:.1f} ms")
     if args.steps_only:
         say(f"steps: model={args.model} size={args.image_size} batch={args.batch_size} amp={amp} "
             f"channels_last={int(args.channels_last)} compile={int(args.compile)} std_ms={1000 * std:.1f} "
             f"csg_ms={1000 * csg:.1f} img_s={args.batch_size / csg:.0f} csg_over_std={csg / std:.3f} "
-            f"loop_over_gather={loop / csg:.3f}")
+            f"loop_over_gather={loop / csg:.3f} attached_over_builtin={csg / unhooked:.3f}")
         return
     syncs = syncs_per_step(args)
     say(f"host reads per CSG step (csg's code, 4-step epoch): {syncs:.2f}")
@@ -207,7 +227,7 @@ def main(argv=None):
                                        "batch_size": 32, "steps": 3, "warmup": 1, "classes": 4})
     model_rate = 32 / step_seconds(model_args, {"csg": stepper(model_args, "csg")})["csg"]
     say(f"{args.loader_model} CSG steps at 224 px, batch 32: {model_rate:.0f} img/s")
-    say(f"train: csg_over_std={csg / std:.3f} loop_over_gather={loop / csg:.3f} "
+    say(f"train: csg_over_std={csg / std:.3f} loop_over_gather={loop / csg:.3f} attached_over_builtin={csg / unhooked:.3f} "
         f"ray_over_plain={steady_ray / steady_plain:.3f} ray_startup_s={startup:.1f} syncs_per_step={syncs:.2f} "
         f"loader_img_s={max(rates.values()):.0f} model_img_s={model_rate:.0f}")
 

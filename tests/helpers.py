@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import torchvision
 from PIL import Image
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_ARGS = ["--preset", "digits-resnet20", "--workers", "2", "--epochs", "6", "--period", "2",
@@ -179,3 +181,28 @@ def paused(pid: int, timeout_s: float = 10.0):
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+# Models of one's own, for csg.attach and the jobs' `--model tests.helpers:NAME` (a factory spec).
+def tiny_vit(num_classes: int) -> nn.Module:
+    """A tiny Vision Transformer: 32 px, patch 8, 2 layers, hidden 64."""
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                                hidden_dim=64, mlp_dim=128, num_classes=num_classes)
+
+
+class OwnNet(nn.Module):
+    """A researcher's own network: two conv blocks, then an MLP head."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 32), nn.ReLU(),
+                                  nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def own_net(num_classes: int) -> nn.Module:
+    return OwnNet(num_classes)

@@ -3,7 +3,6 @@ checkpoint round trip, the features MI reads, the correlation's filters and CAM'
 import numpy as np
 import pytest
 import torch
-import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -15,33 +14,10 @@ from csg.method.gate import ClassSpecificGate
 from csg.method.models import build_model
 from csg.method.mutual_info import mi_matrix
 from csg.store import checkpoint
+from tests.helpers import OwnNet, tiny_vit
 
 CPU = torch.device("cpu")
 CLASSES = 10  # digits-scenes: 10 classes of 1-channel 32x32 images
-
-
-def tiny_vit(num_classes: int) -> nn.Module:
-    """The issue's tiny Vision Transformer: 32 px, patch 8, 2 layers, hidden 64."""
-    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
-                                                hidden_dim=64, mlp_dim=128, num_classes=num_classes)
-
-
-class OwnNet(nn.Module):
-    """A researcher's own network: two conv blocks, a conv head of its own, then an MLP."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                                  nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU())
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 32), nn.ReLU(),
-                                  nn.Linear(32, num_classes))
-
-    def forward(self, x):
-        return self.head(self.body(x))
-
-
-def own_net(num_classes: int) -> nn.Module:
-    return OwnNet(num_classes)
 
 
 # spec -> (the layer picked, K, the conv whose filters are the gated channels, a Linear(GAP(A)) head)
@@ -51,8 +27,8 @@ FAMILIES = {
     "torchvision:mobilenet_v3_small": ("features", 576, "features.12.0", False),  # an MLP head
     "torchvision:efficientnet_b0": ("features", 1280, "features.8.0", True),
     "torchvision:regnet_y_400mf": ("trunk_output", 440, "trunk_output.block4.block4-5.f.c.0", True),
-    "tests.test_attach:tiny_vit": ("encoder", 64, None, False),  # tokens; the head reads the class token
-    "tests.test_attach:own_net": ("body", 24, "body.4", False),
+    "tests.helpers:tiny_vit": ("encoder", 64, None, False),  # tokens; the head reads the class token
+    "tests.helpers:own_net": ("body", 24, "body.4", False),
     "torchvision:vgg11_bn": ("avgpool", 512, "features.25", False),
     "torchvision:convnext_tiny": ("features", 768, None, False),  # ends on a Linear, then a LayerNorm head
 }
@@ -121,20 +97,42 @@ def test_the_gate_multiplies_every_token_of_a_vision_transformer_before_its_head
     assert model.features(x).shape == (3, 64, 4, 4)  # the 16 patch tokens on their 4x4 grid
 
 
-def test_the_attached_resnet20_equals_the_built_in_path_bit_for_bit():
-    """fc(GAP(A * G[y])) by hand on the built-in network gives the same logits, loss and G."""
-    torch.manual_seed(0)
-    model = build_model("resnet20", 3, in_channels=1, mean=(0.5,), std=(0.3,))
-    gate = ClassSpecificGate(3, 64)
+class WrittenOut(nn.Module):
+    """The built-in ResNet-20's gated forward by hand, no hook: fc(GAP(A * G[y]))."""
+
+    def __init__(self, gated):
+        super().__init__()
+        self.gated = gated
+
+    def forward(self, x, gate_rows=None):
+        activation = (x - self.gated.mean) / self.gated.std
+        for stage in self.gated.net.stages.values():
+            activation = stage(activation)
+        if gate_rows is not None:
+            activation = activation * gate_rows[:, :, None, None]
+        return self.gated.net.fc(activation.mean(dim=(2, 3)))
+
+
+def test_the_attached_resnet20_equals_the_written_out_path_bit_for_bit():
+    """Logits, loss, and after a CSG step G and every weight, on the same weights and batch."""
     images, labels = _batch(8)
-    net = model.net
-    activation = ((images - 0.5) / 0.3)
-    for stage in net.stages.values():
-        activation = stage(activation)
-    by_hand = net.fc((activation * gate(labels)[:, :, None, None]).mean(dim=(2, 3)))
-    attached = model(images, gate(labels))
-    assert torch.equal(attached, by_hand)
-    assert torch.equal(nn.functional.cross_entropy(attached, labels), nn.functional.cross_entropy(by_hand, labels))
+    cfg = TrainConfig(lr=0.05, epochs=2)
+    outcomes = []
+    for wrap in (lambda model: model, WrittenOut):
+        torch.manual_seed(0)
+        model = build_model("resnet20", 3, in_channels=1, mean=(0.5,), std=(0.3,))
+        gate = ClassSpecificGate(3, 64)
+        with torch.no_grad():
+            gate.weight.mul_(0.7)
+        logits = wrap(model)(images, gate(labels))
+        optimizer = engine.build_optimizers(model, gate, cfg)["csg"]
+        stats = engine.train_one_epoch(wrap(model), gate, [(images, labels)], "csg", optimizer,
+                                       engine.CSGLoss.of(cfg, 64.0), CPU)
+        outcomes.append((logits.detach(), stats.loss_total, gate.weight.detach().clone(),
+                         [p.detach().clone() for p in model.parameters()]))
+    (logits_a, loss_a, g_a, weights_a), (logits_b, loss_b, g_b, weights_b) = outcomes
+    assert torch.equal(logits_a, logits_b) and loss_a == loss_b and torch.equal(g_a, g_b)
+    assert all(torch.equal(a, b) for a, b in zip(weights_a, weights_b))
 
 
 def test_a_layer_by_name_or_module_and_the_wrong_ones():

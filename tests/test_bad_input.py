@@ -5,6 +5,10 @@ from tests.helpers import job_main, make_imagefolder
 
 CASES = {
     "unknown model": (["--model", "vgg99"], "--model"),
+    "unknown torchvision model": (["--model", "torchvision:resnet9000"], "--model"),
+    "factory that does not import": (["--model", "nowhere.nets:build"], "--model"),
+    "layer not in the model": (["--layer", "stages.layer9"], "--layer"),
+    "unknown frozen module": (["--std-frozen", "trunk"], "--std-frozen"),
     "unknown dataset": (["--dataset", "mnist"], "--dataset"),
     "g below 1/C": (["--g-density", "0.05"], "--g-density"),
     "period below 1": (["--period", "0"], "--period"),

@@ -1,5 +1,7 @@
 """The result store, and the tables' columns and types against docs/results.md."""
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from csg.config import TrainConfig
@@ -39,3 +41,29 @@ def test_tables_have_the_documented_columns_and_types(digits_run, table):
         actual = {k: v for k, v in actual.items() if k not in options}
     assert actual == documented
     assert "run_id" in pd.read_parquet(results / table).columns
+
+
+def test_a_read_while_the_run_rewrites_its_rows_sees_one_version(tmp_path):
+    """A run rewrites its epochs every epoch while drivers poll them; a read opening the part
+    file twice once met two versions of it ("Page was smaller than expected")."""
+    import threading
+
+    store = ResultStore(str(tmp_path))
+    schema = pa.schema([("epoch", pa.int64()), ("x", pa.float64())])
+    store.write("t", "r", pd.DataFrame({"epoch": [0], "x": [0.0]}), schema)
+    stop = threading.Event()
+
+    def rewrite():
+        n = 1
+        while not stop.is_set():
+            store.write("t", "r", pd.DataFrame({"epoch": range(n), "x": np.random.rand(n)}), schema)
+            n = n % 50 + 1
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        lengths = [len(store.read("t", "r")) for _ in range(300)]
+    finally:
+        stop.set()
+        writer.join()
+    assert set(lengths) <= set(range(1, 51)) and len(set(lengths)) > 1

@@ -159,7 +159,7 @@ def test_a_model_of_ones_own_trains_under_ray_and_its_checkpoint_is_analysed(ray
     """--model package.module:callable through Ray Train (2 workers), then MI, the four studies
     and ActivMap/GradMap localization from its checkpoint, rebuilt from the spec the run recorded."""
     results = tmp_path / "r"
-    row = job_main("train_cifar")(["--dataset", "digits-scenes", "--model", "tests.test_attach:own_net",
+    row = job_main("train_cifar")(["--dataset", "digits-scenes", "--model", "tests.helpers:own_net",
                                    "--epochs", "2", "--workers", "2", "--batch-size", "64",
                                    "--results", str(results), "--run-id", "own"])
     assert row["status"] == "finished" and row["num_filters"] == 24
@@ -177,6 +177,8 @@ def test_a_model_of_ones_own_trains_under_ray_and_its_checkpoint_is_analysed(ray
     scored = pd.read_parquet(results / "localization")
     scored_iou = scored["avg_iou"].dropna()  # NaN: a class no filter focuses on
     assert set(scored["method"]) == {"activmap", "gradmap"} and len(scored_iou) and scored_iou.between(0, 1).all()
+    page = job_main("analyze")(["report", "--results", str(results), "--runs", "own"]).read_text()
+    assert "tests.helpers:own_net" in page and '<section id="localization">' in page
     with pytest.raises(SystemExit):
         job_main("analyze")(["localize", "--results", str(results), "--runs", "own", "--methods", "cam"])
     assert "does not end in global average pooling and one linear layer" in capsys.readouterr().err

@@ -145,10 +145,12 @@ class ResultStore:
             pass  # never created, or the root refuses even this: readers skip dot files anyway
 
     def read(self, table: str, run_id: str | None = None) -> pd.DataFrame:
+        """One run's rows, or the whole table. A run's part file may be replaced while it is read
+        (a run rewrites its epochs every epoch): it is opened once, so the read sees one version."""
         path = self.table_path(table)
         if run_id is not None:
-            path = f"{path}/run_id={run_id}/part-0.parquet"
-            frame = pq.read_table(path, filesystem=self.fs).to_pandas()
+            with self.fs.open_input_file(f"{path}/run_id={run_id}/part-0.parquet") as file:
+                frame = pq.read_table(file).to_pandas()
             frame.insert(0, "run_id", run_id)
             return frame
         return pq.read_table(path, filesystem=self.fs, partitioning="hive").to_pandas()
