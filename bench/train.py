@@ -33,25 +33,9 @@ from csg.method.gate import ClassSpecificGate
 from csg.method.models import build_model
 from csg.method.precision import Precision, resolve_amp
 from csg.testing.host_syncs import HostSyncCounter
+from csg.testing.written_out import WrittenOut
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class Unhooked(torch.nn.Module):
-    """A built-in model's gated forward written out, without attach's hook: the computation the
-    built-in models ran before they were attached like any other."""
-
-    def __init__(self, gated):
-        super().__init__()
-        self.gated = gated
-
-    def forward(self, x, gate_rows=None):
-        x = (x - self.gated.mean) / self.gated.std
-        for stage in self.gated.net.stages.values():
-            x = stage(x)
-        if gate_rows is not None:
-            x = x * gate_rows[:, :, None, None]
-        return self.gated.net.fc(x.mean(dim=(2, 3)))
 
 
 class LoopGate(ClassSpecificGate):
@@ -196,7 +180,7 @@ def main(argv=None):
     say = lambda line: print(line, flush=True)  # noqa: E731
 
     timed = step_seconds(args, {"std": stepper(args, "std"), "csg": stepper(args, "csg"),
-                                "loop": stepper(args, "csg", LoopGate), "unhooked": stepper(args, "csg", wrap=Unhooked)})
+                                "loop": stepper(args, "csg", LoopGate), "unhooked": stepper(args, "csg", wrap=WrittenOut)})
     std, csg, loop, unhooked = timed["std"], timed["csg"], timed["loop"], timed["unhooked"]
     amp = resolve_amp(args.amp, torch.device(args.device))
     fast = f"amp {amp}{', channels-last' if args.channels_last else ''}{', compiled' if args.compile else ''}"

@@ -14,6 +14,7 @@ from csg.method.gate import ClassSpecificGate
 from csg.method.models import build_model
 from csg.method.mutual_info import mi_matrix
 from csg.store import checkpoint
+from csg.testing.written_out import WrittenOut
 from tests.helpers import OwnNet, tiny_vit
 
 CPU = torch.device("cpu")
@@ -95,22 +96,6 @@ def test_the_gate_multiplies_every_token_of_a_vision_transformer_before_its_head
     assert torch.allclose(model(x, rows), expected, atol=1e-6)
     assert not torch.allclose(model(x), expected, atol=1e-3)  # the gate changed the logits
     assert model.features(x).shape == (3, 64, 4, 4)  # the 16 patch tokens on their 4x4 grid
-
-
-class WrittenOut(nn.Module):
-    """The built-in ResNet-20's gated forward by hand, no hook: fc(GAP(A * G[y]))."""
-
-    def __init__(self, gated):
-        super().__init__()
-        self.gated = gated
-
-    def forward(self, x, gate_rows=None):
-        activation = (x - self.gated.mean) / self.gated.std
-        for stage in self.gated.net.stages.values():
-            activation = stage(activation)
-        if gate_rows is not None:
-            activation = activation * gate_rows[:, :, None, None]
-        return self.gated.net.fc(activation.mean(dim=(2, 3)))
 
 
 def test_the_attached_resnet20_equals_the_written_out_path_bit_for_bit():

@@ -101,3 +101,10 @@ def test_timm_without_timm_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "timm" else real(name, *a))
     with pytest.raises(ModelSpecError, match=r"pip install 'csg-ray\[timm\]'"):
         build_model("timm:resnet18", 3)
+
+
+def test_a_timm_model_by_name_is_gated_on_its_last_feature_map():
+    pytest.importorskip("timm", reason="timm:NAME needs the timm extra (pip install -e '.[timm]')")
+    model = build_model("timm:resnet18", 5, in_channels=1, mean=(0.5,), std=(0.25,))
+    assert (model.layer, model.num_filters) == ("layer4", 512) and model.linear_head is not None
+    assert model(torch.rand(2, 1, 64, 64), torch.rand(2, 512)).shape == (2, 5)

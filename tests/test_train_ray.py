@@ -182,3 +182,20 @@ def test_a_model_of_ones_own_trains_under_ray_and_its_checkpoint_is_analysed(ray
     with pytest.raises(SystemExit):
         job_main("analyze")(["localize", "--results", str(results), "--runs", "own", "--methods", "cam"])
     assert "does not end in global average pooling and one linear layer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_torchvision_model_by_name_trains_and_every_study_and_localization_read_it(ray_local, tmp_path):
+    """--model torchvision:mobilenet_v3_small (an MLP head, 1-channel images repeated to 3), then
+    `studies` and `localize` on its checkpoint."""
+    results = tmp_path / "r"
+    row = job_main("train_cifar")(["--dataset", "digits-scenes", "--model", "torchvision:mobilenet_v3_small",
+                                   "--epochs", "2", "--results", str(results), "--run-id", "mobile"])
+    assert row["status"] == "finished" and row["num_filters"] == 576
+    job_main("analyze")(["studies", "--results", str(results), "--runs", "mobile", "--rule", "activation"])
+    for table in ("masking", "similarity", "correlation_summary", "kmeans_summary"):
+        assert set(pd.read_parquet(results / table)["run_id"].astype(str)) == {"mobile"}, table
+    job_main("analyze")(["localize", "--results", str(results), "--runs", "mobile", "--methods", "activmap",
+                         "--per-class", "2", "--examples", "1"])
+    assert set(pd.read_parquet(results / "localization")["method"]) == {"activmap"}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -207,7 +209,11 @@ def model_factory(spec: str):
 
 
 def _user_factory(module_name: str, attribute: str):
-    """package.module:callable, imported here and on every node that builds the model."""
+    """package.module:callable, imported here and on every node that builds the model. The
+    working directory is searched too, as `python -m` searches it (a job's script directory is
+    on the path instead); Ray hands the driver's path on to its workers."""
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
