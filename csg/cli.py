@@ -12,6 +12,7 @@ import typing
 
 from csg.config import (
     CHOICES,
+    DATASET_PRESETS,
     PRESETS,
     ConfigError,
     TrainConfig,
@@ -29,11 +30,11 @@ HELP = {
     "augment": "imagefolder training augmentation: imagenet (RandomResizedCrop + flip; evaluation resizes to "
                "size*256/224 and center-crops), cifar (whole image, random crop padded by 1/8, flip), crop "
                "(cifar without the flip: digits, text), none; the others evaluate the whole image resized. "
-               "Default: cifar below 64 px, imagenet from 64 px",
+               "Unset: cifar below 64 px, imagenet from 64 px",
     "model": "network: resnet20/32/56/110 (K = 64), alexnet (256), resnet18/34 (512), resnet50/101/152 (2048), "
              "torchvision:NAME (any torchvision classifier), timm:NAME (with the timm extra), or "
              "package.module:callable (callable(num_classes) -> nn.Module, importable on every node)",
-    "layer": "module whose output the gate multiplies (default: the last feature map before global pooling)",
+    "layer": "module whose output the gate multiplies; unset, the last feature map before global pooling",
     "weights": "local state-dict file to initialise the model (never downloaded); a head of another class "
                "count is replaced",
     "method": "csg (class-specific gate) or std (baseline, no gate)",
@@ -46,7 +47,7 @@ HELP = {
     "batch_size": "global batch size, split evenly across workers",
     "optimizer": "sgd (with --momentum) or adam",
     "lr": "initial learning rate of the STD path (and of the joint scheme)",
-    "csg_lr": "initial learning rate of the CSG path, G included (default: --lr)",
+    "csg_lr": "initial learning rate of the CSG path, G included; unset, --lr",
     "momentum": "SGD momentum",
     "nesterov": "Nesterov momentum for SGD",
     "weight_decay": "weight decay on network weights (never on G)",
@@ -56,7 +57,7 @@ HELP = {
     "csg_epochs": "CSG epochs per period: epoch %% period >= period - csg_epochs (1 <= csg_epochs <= period)",
     "lambda1": "weight of the CSG-path cross-entropy",
     "lambda2": "weight of the sparsity term d(||G||_1, g)",
-    "g_density": "sparsity target g/(C*K), in [1/C, 1] (default 1/C, i.e. g = K)",
+    "g_density": "sparsity target g/(C*K), in [1/C, 1]; unset, 1/C (g = K)",
     "psi": "norm psi in d = psi(ReLU(||G||_1 - g))",
     "std_frozen": "STD path: modules not trained, comma-separated (a built-in model's stage: it and every "
                   "stage before it)",
@@ -69,36 +70,66 @@ HELP = {
     "cpus_per_worker": "CPUs each worker asks Ray for; its torch threads are set to match",
     "loader_workers": "DataLoader processes per worker",
     "amp": "mixed precision of the network: bf16, fp16 (with loss scaling) or off; G, the sparsity term and "
-           "the projection stay fp32 (default: bf16 on a GPU that supports it, off otherwise)",
+           "the projection stay fp32; unset, bf16 on a GPU that supports it, off otherwise",
     "channels_last": "channels-last memory format for the model and its inputs (faster convolutions on GPUs)",
     "compile": "torch.compile the model (the first epoch pays the compilation)",
     "skip_bad_images": "skip (and count, in the epochs table) ImageFolder files that cannot be decoded",
     "results": "results root: a local path or a pyarrow filesystem URI",
-    "storage": "Ray Train checkpoint storage (default: <results>/checkpoints)",
+    "storage": "where each run's checkpoints go, as <storage>/<run_id>; unset, <results>/checkpoints "
+               "(so <results>/checkpoints/<run_id>)",
     "keep_checkpoints": "best checkpoints kept by test accuracy (the latest is kept too); 0 keeps all",
     "max_failures": "worker-group restarts allowed; each resumes from the latest checkpoint",
-    "run_id": "run id (default: generated); rerunning an id resumes it and replaces its rows",
+    "run_id": "run id (unset: generated); rerunning an id resumes it and replaces its rows",
     "mi_neighbors": "k of the k-NN mutual-information estimator",
     "verbose": "show Ray's own lines (reports, checkpoints, worker groups) and a progress line per epoch",
 }
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default once, as it applies: not appended where the help already says
+    what an unset option means (a default of None) or names its default itself."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """Bad input is one line naming the problem, exit status 2."""
+    """Bad input is one line naming the problem, exit status 2. Options are named in full: a
+    prefix (`--result` for `--results`) is an error, not a guess."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def at_least(low: int):
+    """An argparse type: an integer no smaller than `low` (else a one-line error naming the flag)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low} (got {value})")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value"
+    return parse
+
+
 def get_args_parser(default_preset: str, description: str, exclude=()) -> argparse.ArgumentParser:
     """Every TrainConfig field as a flag, except those in `exclude` (a job that sets them itself)."""
-    parser = OneLineParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(description=description)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=default_preset,
-                        help="the paper's settings (Appendix B); any option below overrides them; "
-                             "by default the preset of --dataset when it has exactly one")
+                        help="the paper's settings (Appendix B); any option below overrides them, and "
+                             "--help shows the values under the preset given; by default the recipe of "
+                             "--dataset (%(default)s when --dataset is not given)")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        if f.name in exclude:
+        if f.name in exclude or f.name == "preset":
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
@@ -138,11 +169,12 @@ def parse_config(parser: argparse.ArgumentParser, argv=None, extra=()) -> tuple[
     """Apply the preset, parse, validate; any problem exits 2 with one line before Ray starts.
     Returns the config, its data set, and the parsed options named in `extra` (not config fields)."""
     argv = sys.argv[1:] if argv is None else argv
-    known, _ = parser.parse_known_args(argv)
+    # The preset first, without --help, so that help shows the values the preset gives.
+    known, _ = parser.parse_known_args([arg for arg in argv if arg not in ("-h", "--help")])
     preset = known.preset if _given(argv, "--preset") else _preset_for(known.dataset, argv, known.preset)
     parser.set_defaults(**{k: v for k, v in PRESETS[preset].items() if k in vars(known) and k not in extra})
     args = vars(parser.parse_args(argv))
-    args.pop("preset")
+    args["preset"] = preset
     others = {name: args.pop(name) for name in extra}
     cfg = TrainConfig(**args)
     try:
@@ -158,6 +190,8 @@ def _given(argv, flag: str) -> bool:
 
 
 def _preset_for(dataset: str, argv, default: str) -> str:
-    """The preset of a --dataset given on the command line, when exactly one preset has it."""
-    matching = [name for name, preset in PRESETS.items() if preset["dataset"] == dataset]
-    return matching[0] if _given(argv, "--dataset") and len(matching) == 1 else default
+    """The recipe of a --dataset given on the command line: the job's own preset when it has
+    that data set, else the data set's (DATASET_PRESETS; the job's for one without a recipe)."""
+    if not _given(argv, "--dataset") or PRESETS[default]["dataset"] == dataset:
+        return default
+    return DATASET_PRESETS.get(dataset, default)

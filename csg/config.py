@@ -69,6 +69,7 @@ class TrainConfig:
     run_id: str | None = None
     mi_neighbors: int = 3
     verbose: bool = False  # Ray's own per-report and worker-group lines, and every epoch's line
+    preset: str | None = None  # the PRESETS entry the options started from (set by --preset, not a flag)
 
     @property
     def csg_learning_rate(self) -> float:
@@ -110,6 +111,14 @@ PRESETS: dict[str, dict] = {
         g_density=0.2,  # Table 1: interval [0.1667, 0.2]
         lambda2=1e-3,  # the authors' VOC code
     ),
+    # One's own ImageFolder tree, no paper behind it: a ResNet-18 at ImageNet's resolution with
+    # a schedule short enough for a few thousand images (cosine, no step points to tune), and
+    # the augmentation that fits the size (--augment). Chosen by `--dataset imagefolder`.
+    "imagefolder-resnet18": dict(
+        dataset="imagefolder", model="resnet18", batch_size=64, optimizer="sgd", lr=0.05,
+        momentum=0.9, epochs=60, warmup=0, period=3, csg_epochs=1, image_size=224, loader_workers=4,
+        lr_schedule="cosine",
+    ),
     # The embedded default: real 8x8 handwritten digits, minutes on a laptop CPU.
     # 30 epochs is ~23 CSG-path optimizer steps per CSG epoch x 10; lambda2 is raised so the
     # L1-density reaches its interval within them (Appendix A: lambda2 "relatively large"),
@@ -129,6 +138,21 @@ PRESETS: dict[str, dict] = {
         lr_schedule="cosine",
     ),
 }
+
+# The recipe `--dataset NAME` brings when no --preset is given and the job's own does not fit.
+DATASET_PRESETS = {"digits": "digits-resnet20", "digits-scenes": "digits-scenes-resnet20",
+                   "cifar10": "cifar10-resnet20", "imagefolder": "imagefolder-resnet18"}
+
+
+def preset_changes(cfg: TrainConfig) -> dict:
+    """The options of `cfg` that differ from its preset (TrainConfig's defaults where the preset
+    is silent): what the start line lists, so a run says which recipe it followed and how not."""
+    if cfg.preset is None:
+        return {}
+    preset = PRESETS[cfg.preset]
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.name != "preset" and getattr(cfg, f.name) != preset.get(f.name, f.default)}
+
 
 CHOICES = {
     "dataset": data_lib.DATASET_CHOICES,
@@ -189,7 +213,7 @@ def _check_files(cfg: TrainConfig) -> None:
     if cfg.augment is not None and cfg.dataset != "imagefolder":
         _fail("augment", "applies to imagefolder only (the other data sets have their own)", cfg.augment)
     if cfg.data is not None and not Path(cfg.data).is_dir():
-        _fail("data", "directory does not exist", cfg.data)
+        _fail("data", "is not a directory" if Path(cfg.data).exists() else "directory does not exist", cfg.data)
 
 
 def _check_model(cfg: TrainConfig, info: data_lib.DatasetInfo) -> int:

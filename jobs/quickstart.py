@@ -41,7 +41,7 @@ def main(argv=None) -> pd.DataFrame:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     configs = {
-        method: TrainConfig(**{**PRESETS["digits-resnet20"], "method": method, "epochs": args.epochs,
+        method: TrainConfig(**{**PRESETS["digits-resnet20"], "preset": "digits-resnet20", "method": method, "epochs": args.epochs,
                                "workers": args.workers, "seed": args.seed, "results": args.results})
         for method in ("std", "csg")
     }

@@ -9,6 +9,8 @@ Rerunning a stale or interrupted run's id resumes it from its latest checkpoint.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from csg.cli import OneLineParser
@@ -27,6 +29,8 @@ def get_args_parser() -> OneLineParser:
 def main(argv=None) -> pd.DataFrame:
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    if "://" not in args.results and not Path(args.results).is_dir():
+        parser.error(f"--results: directory does not exist (got {args.results})")
     store = ResultStore(args.results)
     if not store.has_table("runs"):
         parser.error(f"--results: no runs table under {args.results}")

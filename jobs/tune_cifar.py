@@ -37,18 +37,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="sparsity target g/(C*K) within [1/C, 1]: LOW HIGH, or one value (default 1/C to 4/C)")
     space.add_argument("--psi", nargs="+", choices=PSI_CHOICES, default=list(SPACE.psi), help="sparsity norms")
     tuning = sweep.add_sweep_arguments(parser)
-    tuning.add_argument("--num-samples", type=int, default=OPTIONS.num_samples,
+    tuning.add_argument("--num-samples", type=cli.at_least(1), default=OPTIONS.num_samples,
                         help="trials (grid search: repeats of the whole grid)")
     tuning.add_argument("--search", choices=("random", "grid"), default=OPTIONS.search,
                         help="random sampling, or a grid over the lists and --grid-points values per range")
-    tuning.add_argument("--grid-points", type=int, default=OPTIONS.grid_points,
+    tuning.add_argument("--grid-points", type=cli.at_least(1), default=OPTIONS.grid_points,
                         help="grid search: log-spaced values per range")
     tuning.add_argument("--scheduler", choices=("asha", "none"), default=OPTIONS.scheduler,
                         help="ASHA early stopping on test accuracy, or none")
-    tuning.add_argument("--grace-period", type=int, default=OPTIONS.grace_period,
+    tuning.add_argument("--grace-period", type=cli.at_least(0), default=OPTIONS.grace_period,
                         help="ASHA: epochs before a trial may be stopped (0: a quarter of --epochs)")
-    tuning.add_argument("--reduction-factor", type=int, default=OPTIONS.reduction_factor, help="ASHA reduction factor")
-    tuning.add_argument("--top", type=int, default=5, help="trials printed at the end")
+    tuning.add_argument("--reduction-factor", type=cli.at_least(2), default=OPTIONS.reduction_factor, help="ASHA reduction factor")
+    tuning.add_argument("--top", type=cli.at_least(0), default=5, help="trials printed at the end")
     return parser
 
 

@@ -23,6 +23,8 @@ CASES = {
     "non-numeric epochs": (["--epochs", "many"], "--epochs"),
     "unknown augmentation": (["--augment", "zoom"], "--augment"),
     "augmentation of a data set with its own": (["--augment", "crop"], "--augment"),
+    "abbreviated option": (["--epoch", "3"], "--epoch"),
+    "data that is a file": (["--data", __file__], "is not a directory"),
 }
 
 
@@ -56,3 +58,22 @@ def test_seeds_job_names_only_the_bad_option(argv, option, other, tmp_path, caps
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
     assert option in err and other not in err and not results.exists()
+
+
+@pytest.mark.parametrize("option, value", [("--num-samples", "-1"), ("--grid-points", "0"), ("--top", "-2"),
+                                           ("--reduction-factor", "1"), ("--grace-period", "-1")])
+def test_sweep_counts_below_their_floor_are_refused_before_anything_starts(option, value, tmp_path, capsys,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        job_main("tune_cifar")(["--dataset", "digits", "--results", str(tmp_path / "results"), option, value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and option in err
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even in the working directory
+
+
+def test_status_of_a_results_root_that_does_not_exist_says_so(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        job_main("status")(["--results", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "directory does not exist" in err and not (tmp_path / "nowhere").exists()

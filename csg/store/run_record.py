@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from csg.config import TrainConfig
+from csg.config import TrainConfig, preset_changes
 from csg.method.mutual_info import mi_matrix, mis
 from csg.store.results import RUN_SUMMARY_SCHEMA, ResultStore, schema_of_dataclass
 
@@ -112,9 +112,22 @@ def _git_revision() -> str | None:
 
 
 def start_line(run_id: str, cfg: TrainConfig, info) -> str:
+    """What runs: the run, its recipe (the preset and every option changed from it)."""
     workers = f"{cfg.workers} worker{'s' if cfg.workers > 1 else ''}{' on GPU' if cfg.gpu else ''}"
-    return (f"run {run_id}: {cfg.method.upper()} {cfg.model} on {cfg.dataset} ({info.train_size} training images, "
+    line = (f"run {run_id}: {cfg.method.upper()} {cfg.model} on {cfg.dataset} ({info.train_size} training images, "
             f"{info.num_classes} classes), {cfg.epochs} epochs, {workers}")
+    if cfg.preset is None:
+        return line
+    changed = " ".join(_as_flag(name, value) for name, value in preset_changes(cfg).items()
+                       if name not in ("results", "run_id"))
+    return f"{line}\n  preset {cfg.preset}, changed: {changed or 'nothing'}"
+
+
+def _as_flag(name: str, value) -> str:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"--no-{name.replace('_', '-')}"
+    return f"{flag} {value}"
 
 
 def summary_line(run_id: str, cfg: TrainConfig, summary: dict) -> str:
