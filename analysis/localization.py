@@ -283,10 +283,12 @@ def first_per_class(labels: np.ndarray, per_class: int | None = None) -> np.ndar
     return order[rank < per_class]
 
 
-def localize(runs: list[Run], scoring: Scoring = Scoring(), progress=True) -> Localized:
+def localize(runs: list[Run], scoring: Scoring = Scoring(), progress=True, start=None) -> Localized:
     """Score every method on every run over the split's images (at most `per_class` of each
-    class); bad input raises StudyError before any task starts."""
+    class); bad input raises StudyError before `start()` starts Ray."""
     checked = check_runs(runs, scoring.methods, scoring.split)
+    if start is not None:
+        start()
     gpus = gpus_per_task()
     _, names, labels = checked[runs[0].run_id]
     scored = first_per_class(labels, scoring.per_class)
@@ -362,9 +364,7 @@ def main(store, options: Options, start=None, echo=print) -> Localized:
 
     runs = resolve_runs(store, options.runs, options.checkpoint)
     scoring = options.scoring_settings()
-    if start is not None:
-        start()
-    found = localize(runs, scoring)
+    found = localize(runs, scoring, start=start)
     write_tables(store, found.tables)
     labels = {run.run_id: run.label for run in runs}
     echo(f"\nlocalization of {len(found.scored)} images of the {scoring.split} split, as Table 2 (GradMap: "

@@ -148,13 +148,11 @@ def _bias(head) -> np.ndarray:
 
 def load_arrays(runs: list[Run], split: str = "test") -> dict:
     """Run id -> an object ref of its `RunArrays`, one Ray task per run (on a GPU when the
-    cluster has one)."""
-    import ray
+    cluster has one); in process, the arrays themselves."""
+    from analysis.fan_out import gpus_per_task, submit
 
-    from analysis.fan_out import gpus_per_task
-
-    task = ray.remote(num_cpus=1, num_gpus=gpus_per_task())(load_run_arrays)
-    return {run.run_id: task.remote(run.checkpoint, split) for run in runs}
+    gpus = gpus_per_task()
+    return {run.run_id: submit(load_run_arrays, run.checkpoint, split, num_gpus=gpus) for run in runs}
 
 
 def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

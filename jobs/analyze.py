@@ -25,7 +25,8 @@ import typing
 from collections import Counter
 
 from analysis.catalog import STUDIED, STUDIES
-from analysis.registry import ANALYSES
+from analysis.fan_out import in_process
+from analysis.registry import ANALYSES, RAY_CHOICES
 from analysis.studies import StudyError
 from csg.cli import OneLineParser
 from csg.distributed.cluster import init_ray
@@ -84,12 +85,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for analysis in ANALYSES.values():
-        sub = commands.add_parser(analysis.name, help=analysis.title,
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub = commands.add_parser(analysis.name, help=analysis.title)
         if isinstance(analysis.options, tuple):
             add_every_study(sub, analysis.options)
         else:
             add_options(sub, analysis.options)
+        sub.add_argument("--ray", choices=RAY_CHOICES, default="auto",
+                         help="Ray tasks (on), or every task in this process (off); auto: off for one or two "
+                              "runs of a study without RAY_ADDRESS, where starting Ray costs more than the work")
     return parser
 
 
@@ -102,6 +105,9 @@ def main(argv=None):
     else:
         options = parsed(analysis.options, args)
     try:
+        if analysis.in_process(getattr(args, "runs", None) or (), args.ray):
+            with in_process():
+                return analysis.main(ResultStore(args.results), options)
         return analysis.main(ResultStore(args.results), options, init_ray)
     except StudyError as exc:
         parser.error(str(exc))

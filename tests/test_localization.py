@@ -258,14 +258,17 @@ def test_bad_localize_options_are_one_line_exit_2(case, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_run_whose_data_has_no_masks_is_refused_and_nothing_is_written(digits_copy, capsys):
+def test_a_run_whose_data_has_no_masks_is_refused_before_ray_and_nothing_is_written(digits_copy, capsys,
+                                                                                      monkeypatch):
     results, row = digits_copy
     before = sorted(p.relative_to(results) for p in results.rglob("*"))
+    analyze, started = job_main("analyze"), []
+    monkeypatch.setitem(analyze.__globals__, "init_ray", lambda: started.append("ray"))
     with pytest.raises(SystemExit) as exit_info:
-        job_main("analyze")(["localize", "--results", str(results), "--runs", row["run_id"]])
+        analyze(["localize", "--results", str(results), "--runs", row["run_id"]])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "carries no object masks" in err and len(err.strip().splitlines()) == 1
-    assert sorted(p.relative_to(results) for p in results.rglob("*")) == before
+    assert sorted(p.relative_to(results) for p in results.rglob("*")) == before and not started
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import pytest
 from analysis import correlation, kmeans, masking, similarity
 from analysis.catalog import STUDIES
 from analysis.studies import RunArrays, StudyError, filter_groups
-from tests.helpers import fabricated_runs, job_main
+from tests.helpers import copy_results, fabricated_runs, job_main
 
 C, PER_CLASS = 3, 20
 
@@ -186,3 +186,34 @@ def test_studies_command_runs_all_four_and_writes_their_tables_and_figures(digit
         for figure in study.figures:
             assert (root / "figures" / f"{figure}_{row['run_id']}.png").is_file()
     assert set(pd.read_parquet(root / "masking")["mask_set"]) == {"1", "2,3"}
+
+
+@pytest.mark.slow
+def test_a_study_of_one_run_runs_in_process_without_ray_and_writes_what_its_ray_tasks_write(digits_run, tmp_path,
+                                                                                           monkeypatch):
+    results, row = digits_run
+    tables, started = {}, []
+    for ray_choice in ("auto", "on"):
+        root = copy_results(results, tmp_path / ray_choice)
+        analyze = job_main("analyze")
+        start_ray = analyze.__globals__["init_ray"]
+        monkeypatch.setitem(analyze.__globals__, "init_ray", lambda: started.append(ray_choice) or start_ray())
+        analyze(["studies", "--results", str(root), "--runs", row["run_id"], "--mask-sets", "0", "0,5",
+                 "--n-init", "2", "--ray", ray_choice])
+        tables[ray_choice] = {table: pd.read_parquet(root / table) for study in STUDIES.values()
+                              for table in study.tables}
+    assert started == ["on"]
+    for table, frame in tables["auto"].items():
+        pd.testing.assert_frame_equal(frame, tables["on"][table], obj=table)
+
+
+def test_ray_auto_keeps_ray_for_a_cluster_many_runs_and_heavy_analyses(monkeypatch):
+    from analysis.registry import ANALYSES, IN_PROCESS_RUNS
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    few, many = ["a"] * IN_PROCESS_RUNS, ["a"] * (IN_PROCESS_RUNS + 1)
+    assert ANALYSES["masking"].in_process(few) and not ANALYSES["masking"].in_process(many)
+    assert not ANALYSES["localize"].in_process(few) and ANALYSES["localize"].in_process(many, "off")
+    assert not ANALYSES["studies"].in_process(few, "on")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    assert not ANALYSES["masking"].in_process(few)
