@@ -11,21 +11,22 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from csg.method.gate import (
+    DEFAULT_TAU,
+    classes_without_filters,
+    empty_classes_note,
+    filters_owned,
+    owns,
+)
 from csg.store.results import ResultStore, register_schemas
 
-# A class owns filter k when G[c, k] > tau: the paper's rule, "G_c^k > 0.5" (Sec. 4.2), for
-# masking, the monopolized and shared counts, and the balance lines alike.
-DEFAULT_TAU = 0.5
+__all__ = ["DEFAULT_TAU", "owns", "filters_owned", "gate_counts", "balance", "balance_line", "gate_matrix",
+           "write_gate_stats", "summarize", "plot_histogram"]
 
 SCHEMAS = register_schemas({
     "gate_stats": pa.schema([("seed", pa.int64()), ("class", pa.int64()), ("monopolized", pa.int64()),
                              ("shared", pa.int64()), ("unused", pa.int64()), ("tau", pa.float64())]),
 })
-
-
-def owns(gate: np.ndarray, tau: float = DEFAULT_TAU) -> np.ndarray:
-    """(C, K) bool: class c owns filter k, G[c, k] > tau."""
-    return np.asarray(gate) > tau
 
 
 def gate_counts(gate: np.ndarray, tau: float = DEFAULT_TAU) -> pd.DataFrame:
@@ -42,11 +43,6 @@ def gate_counts(gate: np.ndarray, tau: float = DEFAULT_TAU) -> pd.DataFrame:
     })
 
 
-def filters_owned(gate: np.ndarray, tau: float = DEFAULT_TAU) -> np.ndarray:
-    """Filters each class owns, G[c, k] > tau (the filters the gate rule of masking zeroes)."""
-    return owns(gate, tau).sum(axis=1)
-
-
 def balance(gate: np.ndarray, tau: float = DEFAULT_TAU) -> dict:
     """How evenly a gate shares its filters: min, median and max over classes of the filters
     each owns, and the classes that own none."""
@@ -57,8 +53,10 @@ def balance(gate: np.ndarray, tau: float = DEFAULT_TAU) -> dict:
 
 def balance_line(gate: np.ndarray, tau: float = DEFAULT_TAU) -> str:
     found = balance(gate, tau)
-    return (f"filters per class (G > {tau:g}): min {found['min']}, median {found['median']:g}, max {found['max']}"
-            + (f"; {found['classes_without']} class(es) own none" if found["classes_without"] else ""))
+    note = empty_classes_note(classes_without_filters(gate, tau), tau)
+    return (f"filters per class (G > {tau:g}, those masking the class zeroes): min {found['min']}, "
+            f"median {found['median']:g}, max {found['max']}"
+            + (f"; {note}" if note else ""))
 
 
 def gate_matrix(gates: pd.DataFrame) -> np.ndarray:

@@ -168,6 +168,13 @@ def run_or_exit(parser: argparse.ArgumentParser, launch, *args):
 def parse_config(parser: argparse.ArgumentParser, argv=None, extra=()) -> tuple[TrainConfig, DatasetInfo, dict]:
     """Apply the preset, parse, validate; any problem exits 2 with one line before Ray starts.
     Returns the config, its data set, and the parsed options named in `extra` (not config fields)."""
+    cfg, others = parse_options(parser, argv, extra)
+    return (*check_config(parser, cfg), others)
+
+
+def parse_options(parser: argparse.ArgumentParser, argv=None, extra=()) -> tuple[TrainConfig, dict]:
+    """Apply the preset and parse, reading nothing: the config, not yet validated, and the
+    options named in `extra`."""
     argv = sys.argv[1:] if argv is None else argv
     # The preset first, without --help, so that help shows the values the preset gives.
     known, _ = parser.parse_known_args([arg for arg in argv if arg not in ("-h", "--help")])
@@ -176,13 +183,27 @@ def parse_config(parser: argparse.ArgumentParser, argv=None, extra=()) -> tuple[
     args = vars(parser.parse_args(argv))
     args["preset"] = preset
     others = {name: args.pop(name) for name in extra}
-    cfg = TrainConfig(**args)
+    return TrainConfig(**args), others
+
+
+def check_config(parser: argparse.ArgumentParser, cfg: TrainConfig) -> tuple[TrainConfig, DatasetInfo]:
+    """Validate (this may read, or download, the data set); a problem exits 2 with one line."""
     try:
         cfg, fixed_gate_classes = with_fixed_gate_from(cfg)
-        info = validate(cfg, fixed_gate_classes)
+        return cfg, validate(cfg, fixed_gate_classes)
     except ConfigError as exc:
         parser.error(str(exc))
-    return cfg, info, others
+
+
+def sweep_or_exit(parser: argparse.ArgumentParser, cfg: TrainConfig, args: dict, make_space):
+    """A sweep job's start: `--resume` continues the saved sweep with its own config, so the
+    command line's data set is never read; else the config is checked and the sweep launched."""
+    from csg.distributed import sweeps
+
+    if args["resume"]:
+        return run_or_exit(parser, sweeps.resume_sweep, cfg.storage_path, args["sweep_id"], make_space)
+    cfg, info = check_config(parser, cfg)
+    return run_or_exit(parser, sweeps.launch_sweep, cfg, info, args, make_space)
 
 
 def _given(argv, flag: str) -> bool:

@@ -22,7 +22,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     managed = tuple(name for name in sweep.MANAGED if name not in sweep.SEARCHED) + ("seed",)
     parser = cli.get_args_parser("cifar10-resnet20", __doc__.splitlines()[0], exclude=managed)
     group = sweep.add_sweep_arguments(parser)
-    group.add_argument("--seeds", type=int, default=20, help="runs, with seeds 0 .. N-1")
+    group.add_argument("--seeds", type=cli.at_least(1), default=20, help="runs, with seeds 0 .. N-1")
     group.add_argument("--tau", type=float, default=gate_stats.DEFAULT_TAU,
                        help="a class uses filter k when G[c, k] > tau (in [0, 1))")
     return parser
@@ -36,13 +36,11 @@ def seed_grid(args: dict, num_classes: int) -> dict:
 
 def main(argv=None):
     parser = get_args_parser()
-    cfg, info, args = cli.parse_config(parser, argv, (*sweep.SWEEP_FLAGS, "seeds", "tau"))
-    if args["seeds"] < 1:
-        parser.error(f"--seeds must be >= 1 (got {args['seeds']})")
+    cfg, args = cli.parse_options(parser, argv, (*sweep.SWEEP_FLAGS, "seeds", "tau"))
     if not 0 <= args["tau"] < 1:
         parser.error(f"--tau must be in [0, 1): a gate value lies in [0, 1] and G > tau owns (got {args['tau']})")
     args.update(scheduler="none", num_samples=1, search="grid")
-    frame = cli.run_or_exit(parser, sweep.launch_sweep, cfg, info, args, seed_grid)
+    frame = cli.sweep_or_exit(parser, cfg, args, seed_grid)
     done = frame[frame["stop_reason"] == "completed"]
     if done.empty:
         parser.exit(1, f"{parser.prog}: error: no seed finished; see the tune table under {cfg.results}\n")

@@ -54,8 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     parser = get_args_parser()
-    cfg, info, args = cli.parse_config(parser, argv, (*SPACE_FLAGS, *sweep.SWEEP_FLAGS, "top"))
-    frame = cli.run_or_exit(parser, sweep.launch_sweep, cfg, info, args, sweep.search_space)
+    cfg, args = cli.parse_options(parser, argv, (*SPACE_FLAGS, *sweep.SWEEP_FLAGS, "top"))
+    frame = cli.sweep_or_exit(parser, cfg, args, sweep.search_space)
     sweep_front.print_summary(frame, args["top"])
     figure = sweep_front.figure_path(cfg, frame)
     sweep_front.plot_sweep(frame, figure)

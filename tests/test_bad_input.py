@@ -77,3 +77,28 @@ def test_status_of_a_results_root_that_does_not_exist_says_so(tmp_path, capsys):
         job_main("status")(["--results", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "directory does not exist" in err and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("job", ["tune_cifar", "seeds_cifar"])
+def test_resume_without_a_sweep_id_lists_the_saved_sweeps_and_reads_no_data(job, tmp_path, capsys, monkeypatch):
+    """The default data set is CIFAR-10, absent here: the job must not try to fetch it."""
+    monkeypatch.chdir(tmp_path)
+    saved = tmp_path / "results" / "checkpoints" / "last-week.csg-sweep.json"
+    saved.parent.mkdir(parents=True)
+    saved.write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        job_main(job)(["--results", "results", "--resume"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "--resume: needs --sweep-id" in err and "last-week" in err
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "results", "results/checkpoints", "results/checkpoints/last-week.csg-sweep.json"]
+
+
+@pytest.mark.parametrize("argv", [["--tau", "2"], ["--seeds", "0"]])
+def test_seeds_options_are_checked_before_the_data_set_is_read(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        job_main("seeds_cifar")(["--results", "results", *argv])
+    assert exit_info.value.code == 2 and argv[0] in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -35,6 +35,7 @@ from csg.distributed.cluster import (
     check_visible_from_every_node,
     init_ray,
 )
+from csg.method.gate import inside_interval
 from csg.store import run_record
 from csg.store.results import SCHEMAS, ResultStore, filesystem_of
 
@@ -44,7 +45,6 @@ MANAGED = (*SEARCHED, "workers", "gpu", "gpus_per_worker", "run_id", "method")
 SWEEP_FLAGS = ("max_concurrent", "workers_per_trial", "gpus_per_trial", "sweep_id", "resume")
 
 STOP_REASONS = ("completed", "early_stopped", "diverged", "error", "interrupted")
-INTERVAL_TOLERANCE = 0.01  # inside_interval: L1-density within 1% of the interval's ends
 
 
 @dataclass
@@ -165,26 +165,33 @@ def search_space(args: dict, num_classes: int) -> dict:
 
 
 def launch_sweep(cfg: TrainConfig, info: DatasetInfo, args: dict, make_space) -> pd.DataFrame:
-    """Start (or with args["resume"], continue) a sweep: `make_space(args, C)` gives the Tune
-    param space. A fresh sweep saves its config and options next to its Tune state, so that
-    `--resume --sweep-id X` needs nothing else."""
-    if args["resume"]:
-        if not args["sweep_id"]:
-            raise ConfigError("--resume: needs --sweep-id, the sweep to continue")
-        saved = _load_saved(cfg.storage_path, args["sweep_id"])
-        cfg, args = TrainConfig.from_saved(saved["config"]), {**saved["args"], "resume": True}
-        info = validate(cfg)
-    else:
-        if args["workers_per_trial"] < 1 or args["gpus_per_trial"] < 0:
-            raise ConfigError("--workers-per-trial must be >= 1 and --gpus-per-trial >= 0 "
-                              f"(got {args['workers_per_trial']} and {args['gpus_per_trial']})")
-        cfg = trial_config(cfg, args["workers_per_trial"], args["gpus_per_trial"])
-        info = validate(cfg)
-        if args["sweep_id"] and _saved(cfg.storage_path, args["sweep_id"]):
-            raise ConfigError(f"--sweep-id: sweep {args['sweep_id']!r} exists under {cfg.storage_path}; "
-                              f"continue it with --resume or choose another id")
-        args = {**args, "sweep_id": args["sweep_id"] or f"{cfg.dataset}-{run_record.model_tag(cfg.model)}-sweep-"
-                f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"}
+    """Start a sweep: `make_space(args, C)` gives the Tune param space. The sweep saves its
+    config and options next to its Tune state, so that `--resume --sweep-id X` needs nothing else."""
+    if args["workers_per_trial"] < 1 or args["gpus_per_trial"] < 0:
+        raise ConfigError("--workers-per-trial must be >= 1 and --gpus-per-trial >= 0 "
+                          f"(got {args['workers_per_trial']} and {args['gpus_per_trial']})")
+    cfg = trial_config(cfg, args["workers_per_trial"], args["gpus_per_trial"])
+    info = validate(cfg)
+    if args["sweep_id"] and _saved(cfg.storage_path, args["sweep_id"]):
+        raise ConfigError(f"--sweep-id: sweep {args['sweep_id']!r} exists under {cfg.storage_path}; "
+                          f"continue it with --resume or choose another id")
+    args = {**args, "sweep_id": args["sweep_id"] or f"{cfg.dataset}-{run_record.model_tag(cfg.model)}-sweep-"
+            f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"}
+    return _start(cfg, info, args, make_space)
+
+
+def resume_sweep(storage: str, sweep_id: str | None, make_space) -> pd.DataFrame:
+    """Continue the sweep saved as `sweep_id` under `storage`, with the config and options it
+    was started with."""
+    if not sweep_id:
+        raise ConfigError(f"--resume: needs --sweep-id, the sweep to continue ({_saved_listing(storage)})")
+    saved = _load_saved(storage, sweep_id)
+    cfg = TrainConfig.from_saved(saved["config"])
+    return _start(cfg, validate(cfg), {**saved["args"], "resume": True}, make_space)
+
+
+def _start(cfg: TrainConfig, info: DatasetInfo, args: dict, make_space) -> pd.DataFrame:
+    """What a new and a resumed sweep share: the space, the path checks, Ray, then the sweep."""
     param_space = make_space(args, info.num_classes)
     check_relative_paths({"results": cfg.results, "storage": cfg.storage})
     cfg = with_absolute_paths(cfg)
@@ -204,9 +211,12 @@ def trial_config(cfg: TrainConfig, workers: int, gpus: float) -> TrainConfig:
                                gpus_per_worker=gpus / workers if gpus else 1.0)
 
 
+SAVED_SUFFIX = ".csg-sweep.json"
+
+
 def _saved_path(storage: str, sweep_id: str) -> tuple:
     filesystem, base = filesystem_of(storage)
-    return filesystem, f"{base}/{sweep_id}.csg-sweep.json"
+    return filesystem, f"{base}/{sweep_id}{SAVED_SUFFIX}"
 
 
 def _save(storage: str, sweep_id: str, content: dict) -> None:
@@ -223,9 +233,24 @@ def _saved(storage: str, sweep_id: str) -> bool:
     return filesystem.get_file_info(path).type == pafs.FileType.File
 
 
+def saved_sweeps(storage: str) -> list[str]:
+    """The ids of the sweeps saved under `storage`, the ones `--resume` can continue."""
+    from pyarrow import fs as pafs
+
+    filesystem, base = filesystem_of(storage)
+    found = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    return sorted(info.base_name[:-len(SAVED_SUFFIX)] for info in found
+                  if info.type == pafs.FileType.File and info.base_name.endswith(SAVED_SUFFIX))
+
+
+def _saved_listing(storage: str) -> str:
+    sweeps = saved_sweeps(storage)
+    return f"sweeps under {storage}: {', '.join(sweeps)}" if sweeps else f"no sweep is saved under {storage}"
+
+
 def _load_saved(storage: str, sweep_id: str) -> dict:
     if not _saved(storage, sweep_id):
-        raise ConfigError(f"--resume: no sweep {sweep_id!r} under {storage}")
+        raise ConfigError(f"--resume: no sweep {sweep_id!r} ({_saved_listing(storage)})")
     filesystem, path = _saved_path(storage, sweep_id)
     with filesystem.open_input_stream(path) as stream:
         return json.loads(stream.read())
@@ -309,9 +334,7 @@ def _trial_row(store: ResultStore, base: TrainConfig, sweep_id: str, result, sta
     reason = {"finished": "completed", "stopped": "early_stopped", "diverged": "diverged", "failed": "error"}.get(
         status, "error" if statuses.get(trial_id) == "ERROR" or result.error is not None else "interrupted")
     density = run.get("l1_density", math.nan)
-    low, high = run.get("l1_interval_low"), run.get("l1_interval_high")
-    inside = (low is not None and high is not None and not math.isnan(density)
-              and low * (1 - INTERVAL_TOLERANCE) <= density <= high * (1 + INTERVAL_TOLERANCE))
+    inside = inside_interval(density, run.get("l1_interval_low"), run.get("l1_interval_high"))
     return {
         "run_id": run_id, "sweep_id": sweep_id, "trial_id": trial_id,
         **{name: getattr(cfg, name) for name in ("period", "csg_epochs", "lambda1", "lambda2", "psi", "seed")},

@@ -6,6 +6,7 @@ constant buffer in which every class monopolizes m1 filters and m2 filters are s
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -106,6 +107,17 @@ def l1_interval(num_classes: int, g_density: float) -> tuple[float, float]:
     return 1.0 / num_classes, g_density
 
 
+INTERVAL_TOLERANCE = 0.01  # inside the interval: within 1% of its ends
+
+
+def inside_interval(density: float, low: float | None, high: float | None) -> bool:
+    """Whether an L1-density lies in its interval [1/C, g/(C*K)], i.e. the gate reached the
+    sparsity its g asks for (within INTERVAL_TOLERANCE of the ends); False when unknown."""
+    if low is None or high is None or density is None or np.isnan(density) or np.isnan(low):
+        return False
+    return low * (1 - INTERVAL_TOLERANCE) <= density <= high * (1 + INTERVAL_TOLERANCE)
+
+
 def g_from_density(g_density: float, num_classes: int, num_filters: int) -> float:
     g = g_density * num_classes * num_filters
     if g < num_filters * (1 - 1e-9):
@@ -113,3 +125,32 @@ def g_from_density(g_density: float, num_classes: int, num_filters: int) -> floa
             f"g_density must be >= 1/C = {1 / num_classes:.6g} so that g >= K (got {g_density})"
         )
     return g
+
+
+# A class owns filter k when G[c, k] > tau: the paper's rule, "G_c^k > 0.5" (Sec. 4.2), for
+# masking, the monopolized and shared counts, and the balance lines alike.
+DEFAULT_TAU = 0.5
+
+
+def owns(gate, tau: float = DEFAULT_TAU) -> np.ndarray:
+    """(C, K) bool: class c owns filter k, G[c, k] > tau."""
+    return np.asarray(gate) > tau
+
+
+def filters_owned(gate, tau: float = DEFAULT_TAU) -> np.ndarray:
+    """Filters each class owns, G[c, k] > tau (the filters the gate rule of masking zeroes)."""
+    return owns(gate, tau).sum(axis=1)
+
+
+def classes_without_filters(gate, tau: float = DEFAULT_TAU) -> list[int]:
+    """The classes that own no filter: masking one of them by its gate masks nothing."""
+    return np.flatnonzero(filters_owned(gate, tau) == 0).tolist()
+
+
+def empty_classes_note(classes: list[int], tau: float = DEFAULT_TAU) -> str:
+    """One line for a gate that left classes without a filter, or ''."""
+    if not classes:
+        return ""
+    which = f"class {classes[0]} owns" if len(classes) == 1 else f"classes {', '.join(map(str, classes))} own"
+    return (f"{which} no filter (G > {tau:g}): the gate gave {'it' if len(classes) == 1 else 'them'} nothing to mask; "
+            f"see docs/sweeps.md, gate balance")
