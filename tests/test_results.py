@@ -6,7 +6,7 @@ import pytest
 
 from csg.config import TrainConfig
 from csg.store.results import ResultStore
-from csg.store.run_record import RUNS_SCHEMA
+from csg.store.run_record import RUNS_SCHEMA, write_run
 from tests.helpers import documented_columns, written_columns
 
 
@@ -67,3 +67,14 @@ def test_a_read_while_the_run_rewrites_its_rows_sees_one_version(tmp_path):
         stop.set()
         writer.join()
     assert set(lengths) <= set(range(1, 51)) and len(set(lengths)) > 1
+
+
+@pytest.mark.parametrize("dataset, null", [("digits", {"data", "image_size", "augment", "skip_bad_images"}),
+                                           ("cifar10", {"image_size", "augment", "skip_bad_images"}),
+                                           ("imagefolder", set())])
+def test_a_run_records_the_data_options_its_data_set_ignores_as_null(dataset, null, tmp_path):
+    store = ResultStore(str(tmp_path))
+    write_run(store, "r", TrainConfig(dataset=dataset, data="/d", image_size=64, augment="crop"), {"status": "x"})
+    row = store.read("runs", "r").iloc[0]
+    assert {name for name in ("data", "image_size", "augment", "skip_bad_images") if pd.isna(row[name])} == null
+    assert row["epochs"] == TrainConfig().epochs  # the options every data set reads stay

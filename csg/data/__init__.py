@@ -19,6 +19,7 @@ from csg.data.imagefolder import (
 )
 from csg.data.loading import collate_skipping_bad, loader_options, split_labels, stacked
 from csg.data.registry import (
+    DATA_OPTIONS,
     DEFAULT_DATA_ROOT,
     BadImageError,
     DataError,
@@ -33,7 +34,7 @@ __all__ = [
     "AUGMENTS", "CIFAR_FILES", "DATASET_CHOICES", "DEFAULT_DATA_ROOT", "BadImageError", "DataError", "DatasetInfo",
     "cifar_present", "collate_skipping_bad", "default_augment", "describe", "digits_split", "download_cifar",
     "evaluation_geometry", "evaluation_masks", "evaluation_set", "load", "loader_options", "prepare",
-    "scenes_split", "split_labels", "stacked", "train_transform",
+    "scenes_split", "split_labels", "stacked", "train_transform", "unread_options",
 ]
 
 
@@ -73,3 +74,9 @@ def prepare(name: str, root: str) -> None:
     """Fetch what a data set can fetch before a run (CIFAR through torchvision, when online);
     otherwise a DataError saying which files are expected."""
     family_of(name).prepare(name, root)
+
+
+def unread_options(name: str) -> tuple[str, ...]:
+    """The data options (--data, --image-size, --augment, --skip-bad-images) that data set
+    `name` ignores: a run on it records them null."""
+    return tuple(option for option in DATA_OPTIONS if option not in family_of(name).reads)

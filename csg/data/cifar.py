@@ -33,6 +33,7 @@ CIFAR_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 @register
 class Cifar(DatasetFamily):
     names = tuple(CIFAR_FILES)
+    reads = ("data",)
 
     def describe(self, name, root):
         _, train_files, _, _ = CIFAR_FILES[name]

@@ -11,6 +11,7 @@ from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
 from csg.data.registry import (
+    DATA_OPTIONS,
     BadImageError,
     DataError,
     DatasetFamily,
@@ -32,6 +33,7 @@ def default_augment(image_size: int) -> str:
 @register
 class ImageFolderTree(DatasetFamily):
     names = ("imagefolder",)
+    reads = DATA_OPTIONS
 
     def describe(self, name, root):
         classes = imagefolder_classes(root)

@@ -32,6 +32,8 @@ class DatasetFamily:
     sets without augmentation, masks or anything to fetch."""
 
     names: tuple[str, ...] = ()
+    # Of the data options (DATA_OPTIONS), those this family reads; a run records the others null.
+    reads: tuple[str, ...] = ()
 
     def describe(self, name: str, root: str) -> DatasetInfo:
         """Only what validation needs (class count, training-set size), read cheaply."""
@@ -55,6 +57,7 @@ class DatasetFamily:
         """Fetch what can be fetched before a run starts; nothing by default."""
 
 
+DATA_OPTIONS = ("data", "image_size", "augment", "skip_bad_images")
 FAMILIES: dict[str, DatasetFamily] = {}
 
 

@@ -14,6 +14,8 @@ import pandas as pd
 import pyarrow as pa
 
 from csg.config import TrainConfig, preset_changes
+from csg.data import unread_options
+from csg.method.gate import classes_without_filters, empty_classes_note
 from csg.method.mutual_info import mi_matrix, mis
 from csg.store.results import RUN_SUMMARY_SCHEMA, ResultStore, schema_of_dataclass
 
@@ -76,12 +78,14 @@ def write_final(store: ResultStore, run_id: str, cfg: TrainConfig, features: dic
         "mis": mis(matrix),
         "l1_density": history[-1]["l1_density"],
         "g": g,
+        "classes_without_filters": [] if gate is None else classes_without_filters(gate),  # not a column
     }
 
 
 def write_run(store: ResultStore, run_id: str, cfg: TrainConfig, summary: dict) -> None:
     """One `runs` row: the whole config plus whatever of the summary is known so far."""
     row = {**cfg.to_dict(), "run_id": run_id, "versions": json.dumps(versions())}
+    row.update({option: None for option in unread_options(cfg.dataset)})
     row.update(summary)
     frame = pd.DataFrame([{name: row.get(name) for name in RUNS_SCHEMA.names}])
     store.write("runs", run_id, frame, RUNS_SCHEMA)
@@ -139,7 +143,7 @@ def summary_line(run_id: str, cfg: TrainConfig, summary: dict) -> str:
         f"run {run_id} finished: {summary['epochs_completed']} epochs, "
         f"accuracy {summary['final_acc']:.4f} (best {summary['best_acc']:.4f}), "
         f"MIS {summary['mis']:.4f}{density}, {summary['wall_time_s']:.0f} s; tables under {cfg.results}"
-    )
+    ) + (f"\n  {note}" if (note := empty_classes_note(summary.get("classes_without_filters", []))) else "")
 
 
 def timestamp() -> str:
