@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from csg.method.gate import inside_interval
+
+SCORES = ("accuracy: higher is better; MIS: the mean over filters of each one's largest MI with a class, "
+          "higher is more class-specific")
+
 
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: data, model, C, K, training, accuracy, MIS, L1-density and interval."""
@@ -24,3 +29,18 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
     )
     frame["L1-density"] = frame["L1-density"].astype(object).where(runs["method"] == "csg", "-")
     return frame.reset_index(drop=True)
+
+
+def legend(runs: pd.DataFrame, labels: dict | None = None) -> list[str]:
+    """Table 1's numbers in words: accuracy and MIS, then each gated run's L1-density against
+    its interval, saying whether the gate reached its sparsity target."""
+    lines = [SCORES]
+    for run in runs[runs["method"] == "csg"].itertuples():
+        name = (labels or {}).get(str(run.run_id), str(run.run_id))
+        low, high = run.l1_interval_low, run.l1_interval_high
+        reached = inside_interval(run.l1_density, low, high)
+        lines.append(
+            f"L1-density: the share of G left open; {name}'s {run.l1_density:.4f} is {'inside' if reached else 'outside'} "
+            f"its L1-interval [1/C, g/(CK)] = [{low:.4g}, {high:.4g}]: "
+            + ("the gate reached its sparsity target" if reached else "the gate has not reached its sparsity target yet"))
+    return lines

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import figures, gate_stats
+from analysis import figures, gate_stats, published
 from analysis.catalog import STUDIES
-from analysis.compare import table1
+from analysis.compare import legend, table1
 from analysis.options import Compared, option
 from analysis.studies import Run, read_tables, resolve_runs
 from csg.store.results import ResultStore
@@ -79,6 +79,7 @@ class Report:
 
     def overview(self):
         body = table_html(table1(self.rows), "table1")
+        body += "".join(f"<p class=\"legend\">{html.escape(line)}</p>" for line in legend(self.rows, self.labels))
         lines = [f"<li>{html.escape(self.labels[run_id])}: {html.escape(gate_stats.balance_line(gate))}</li>"
                  for run_id in self.ids if (gate := self.gate(run_id)) is not None]
         if lines:
@@ -213,9 +214,15 @@ class Report:
         shown = tune.sort_values("mis", ascending=False).drop(columns=["run_id"])
         return section("tune", title, table_html(shown, "tune-table"))
 
+    def beside_paper(self, anchor: str, body: str) -> str:
+        """The section with the paper's published figures for the experiment the runs repeat."""
+        lines = "".join(f'<p class="paper">{html.escape(line)}</p>' for line in published.beside(anchor, self.rows))
+        return body.removesuffix("</section>") + lines + "</section>"
+
     def html(self) -> str:
         parts = [self.overview(), self.training(), self.fig4(), *(self.study(name) for name in STUDIES),
                  self.localization(), self.adversarial(), self.blackbox(), self.seeds(), self.sweeps()]
+        parts = [(anchor, title, self.beside_paper(anchor, body)) for anchor, title, body in parts]
         nav = "".join(f'<a href="#{anchor}">{html.escape(title.split(" (")[0].split(":")[0])}</a>'
                       for anchor, title, _ in parts)
         title = "csg-ray report: " + ", ".join(self.labels[r] for r in self.ids)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.catalog import STUDIES, check, run_studies, runs_for
-from analysis.compare import table1
+from analysis.compare import legend, table1
 from analysis.figures import as_matrix, plot_gate, plot_mi_pair
 from analysis.gate_stats import balance_line
 from analysis.report import write_report
@@ -67,6 +67,7 @@ def main(argv=None) -> pd.DataFrame:
     table = table1(runs)
     print(f"trained in {time.time() - start:.0f} s; runs {run_ids['csg']} and {run_ids['std']}")
     print(table.to_string(index=False))
+    print("\n".join(legend(runs, {run_ids["csg"]: "CSG"})))
     print(f"CSG gate, {balance_line(as_matrix(store.read('gates', run_ids['csg']), 'value'))}")
 
     print("quickstart: the class-specificity studies on both runs", flush=True)

@@ -4,11 +4,14 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.gate_stats import gate_counts, summarize
+from analysis.compare import legend
+from analysis.gate_stats import balance_line, gate_counts, summarize
 from csg.cli import get_args_parser, parse_config
+from csg.config import TrainConfig
 from csg.distributed.ray_train import make_gate
-from csg.method.gate import fixed_gate_matrix
+from csg.method.gate import classes_without_filters, fixed_gate_matrix
 from csg.store.results import ResultStore
+from csg.store.run_record import summary_line
 from tests.helpers import documented_columns, job_main, written_columns
 
 #                 f0   f1   f2   f3   f4   f5
@@ -77,3 +80,24 @@ def test_fixed_gate_from_refuses_missing_or_mismatched_stats(tmp_path, capsys, s
         parse_config(get_args_parser("cifar10-resnet20", "test"),
                      ["--dataset", "digits", "--fixed-gate-from", str(tmp_path)])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_class_without_filters_is_named_in_the_balance_and_summary_lines():
+    gate = np.array([[0.2, 0.1, 0.0], [1.0, 0.6, 0.0], [0.0, 0.3, 1.0], [0.4, 0.0, 0.0]])
+    assert classes_without_filters(gate) == [0, 3]
+    assert "classes 0, 3 own no filter (G > 0.5)" in balance_line(gate)
+    assert "own no filter" not in balance_line(gate[1:3])
+    summary = {"epochs_completed": 2, "final_acc": 0.9, "best_acc": 0.9, "mis": 0.2, "l1_density": 0.3,
+               "l1_interval_low": 0.25, "l1_interval_high": 0.25, "wall_time_s": 3.0}
+    lines = summary_line("r", TrainConfig(method="csg"), {**summary, "classes_without_filters": [2]}).splitlines()
+    assert len(lines) == 2 and lines[1].strip().startswith("class 2 owns no filter (G > 0.5)")
+    assert len(summary_line("r", TrainConfig(method="csg"), {**summary, "classes_without_filters": []}).splitlines()) == 1
+
+
+@pytest.mark.parametrize("density, verdict", [(0.1005, "inside"), (0.4, "outside")])
+def test_table1_legend_says_whether_the_gate_reached_its_interval(density, verdict):
+    runs = pd.DataFrame({"run_id": ["c", "s"], "method": ["csg", "std"], "l1_density": [density, float("nan")],
+                         "l1_interval_low": [0.1, None], "l1_interval_high": [0.1, None]})
+    lines = legend(runs, {"c": "CSG"})
+    assert len(lines) == 2 and "higher is better" in lines[0]
+    assert f"CSG's {density:.4f} is {verdict} its L1-interval [1/C, g/(CK)] = [0.1, 0.1]" in lines[1]

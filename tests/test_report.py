@@ -50,7 +50,12 @@ def test_quickstart_prints_table1_balance_and_the_report_path(quickstart):
     results, table, out = quickstart
     assert list(table["training"]) == ["CSG", "STD"]
     assert "MIS" in out and "L1-interval" in out and "[0.1, 0.1]" in out
-    assert "filters per class (G > 0.5): min" in out
+    assert "filters per class (G > 0.5, those masking the class zeroes): min" in out
+    # each number in words: the scores' direction, and whether the gate reached its target
+    assert "higher is better" in out and "higher is more class-specific" in out
+    csg = pd.read_parquet(results / "runs").set_index("method").loc["csg"]
+    verdict = "inside" if abs(csg["l1_density"] - 0.1) <= 0.001 else "outside"
+    assert f"CSG's {csg['l1_density']:.4f} is {verdict} its L1-interval [1/C, g/(CK)] = [0.1, 0.1]" in out
     assert f"report: {os.path.join('results', 'report.html')}" in out
     runs = pd.read_parquet(results / "runs")
     assert sorted(runs["method"]) == ["csg", "std"] and (runs["status"] == "finished").all()
@@ -124,6 +129,7 @@ def test_report_has_every_section_decodable_images_and_the_right_rows(quickstart
     html = (results / "report.html").read_text()
     assert "python jobs/analyze.py adversarial --results results --runs" in html  # not run: its command
     assert "Needs object masks, which digits lacks" in html
+    assert "Paper: no published figure for digits" in html and "higher is more class-specific" in html
 
 
 def test_report_renders_in_chromium_without_console_errors(quickstart, tmp_path):
@@ -142,3 +148,4 @@ def test_report_renders_in_chromium_without_console_errors(quickstart, tmp_path)
     assert all(f'id="{section}"' in dom.stdout for section in SECTIONS)
     colours = Image.open(shot).convert("L").getextrema()
     assert colours[0] < 100 < colours[1]  # something drawn, not a blank page
+
