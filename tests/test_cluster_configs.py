@@ -11,7 +11,9 @@ CLUSTER = REPO / "cluster"
 
 
 def readme_install() -> str:
-    return (REPO / "README.md").read_text().split("\n")[2].strip()
+    """The README's set-up line: the first that creates the virtual environment."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    return next(line.strip() for line in lines if line.strip().startswith("python3 -m venv "))
 
 
 def _strings(node):
