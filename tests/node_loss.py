@@ -28,6 +28,9 @@ EPOCHS = 6  # the node goes after 2 checkpointed epochs; 4 are left to resume
 
 
 def main(results: str, temp_dir: str) -> None:
+    # Cluster writes its address to Ray's default temp dir whatever temp_dir says; on a machine
+    # that never ran Ray that directory is missing.
+    os.makedirs(os.path.dirname(ray._private.utils.get_ray_address_file(None)), exist_ok=True)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
     os.environ["RAY_ADDRESS"] = cluster.address  # joined, as a job on a cluster would be
