@@ -25,6 +25,9 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 # cleaner asks that API without an address; left to guess, it fails when a second Ray runs on
 # the machine ("Found multiple active Ray instances") and a run's CPUs can stay held.
 export RAY_API_SERVER_ADDRESS="http://127.0.0.1:$dashboard_port"
+# Token authentication on. `ray start` only reads a token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+# ~/.ray/auth_token) and never makes one, so `start` generates it the first time.
+export RAY_AUTH_MODE=token
 
 head_pids() {
   # Every process of this head carries its temp dir (or, for the client server, its GCS port).
@@ -40,7 +43,7 @@ Ray head on 127.0.0.1
   temp dir:         $temp_dir
 Submit a job:
   RAY_AUTH_MODE=token RAY_ADDRESS=http://127.0.0.1:$dashboard_port ray job submit --working-dir . -- python jobs/train_imagenet.py --data DIR --results /abs/path
-(Ray's token authentication is on; the token it generated is in ~/.ray/auth_token.)
+(Ray's token authentication is on; the CLI reads the token from ~/.ray/auth_token.)
 EOF
 }
 
@@ -50,6 +53,8 @@ case "${1:-}" in
       echo "a head is already running from $temp_dir"; print_addresses; exit 0
     fi
     mkdir -p "$temp_dir"
+    ray get-auth-token --generate >/dev/null 2>"$temp_dir/token.log" \
+      || { cat "$temp_dir/token.log" >&2; exit 1; }
     cpus=()
     [ -n "${CSG_RAY_CPUS:-}" ] && cpus=(--num-cpus "$CSG_RAY_CPUS")
     ray start --head --node-ip-address 127.0.0.1 --port "$port" \

@@ -2,6 +2,8 @@
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pandas as pd
 import psutil
@@ -38,6 +40,9 @@ def test_jobs_at_once_on_one_results_root_all_finish_with_every_row_readable(loc
         for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
     }
     assert listening and listening <= LOOPBACK, f"head listens beyond loopback: {listening}"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{dashboard}/api/jobs/", timeout=10)
+    assert refused.value.code == 401, "the head serves a client that sends no token"
 
     client, results = local_head.jobs(), tmp_path / "results"
     tree = make_imagefolder(tmp_path / "tree")
