@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from csg import data as data_lib  # noqa: E402
+from csg.cli import summary
 from csg.config import PRESETS, TrainConfig  # noqa: E402
 from csg.method import engine  # noqa: E402
 from csg.method.models import build_model  # noqa: E402
@@ -46,7 +47,7 @@ def accuracy(root: Path, augment: str, args, seed: int) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

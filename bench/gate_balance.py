@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from analysis.gate_stats import balance, filters_owned
 from csg import data as data_lib
+from csg.cli import summary
 from csg.config import PRESETS, TrainConfig, resolved_g_density
 from csg.method import engine
 from csg.method.features import gap_features
@@ -117,7 +118,7 @@ def per_class_loss(model, dataset, num_classes: int) -> np.ndarray:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: runs beside other work)")

@@ -16,6 +16,8 @@ import argparse
 import tempfile
 import time
 
+from csg.cli import summary
+
 
 def timed(what: str, call, deadline_s: float):
     start = time.time()
@@ -27,7 +29,7 @@ def timed(what: str, call, deadline_s: float):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--idle-s", type=float, default=300, help="idle seconds before each round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)

@@ -21,6 +21,7 @@ import torch
 
 from analysis.localization import score
 from analysis.saliency import CAM, TEXT, ActivMap, GradMap
+from csg.cli import summary
 from csg.method.models import build_model
 
 
@@ -47,7 +48,7 @@ def per_image_seconds(model, method, filters, size, args, thresholds=None) -> fl
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--model", default="resnet152")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
     parser.add_argument("--channels", type=int, default=3)

@@ -15,6 +15,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from csg.cli import summary
 from csg.method.mutual_info import mi_matrix
 
 
@@ -33,7 +34,7 @@ def timed(fn, *args, **kwargs):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="N=2000 and a small ImageNet-scale sample")
     args = parser.parse_args()
     n, k, c = (2000, 16, 10) if args.quick else (10_000, 64, 10)

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from csg.cli import summary
 from csg.config import TrainConfig
 from csg.method import engine
 from csg.method.gate import ClassSpecificGate
@@ -43,7 +44,7 @@ def step_ms(model, gate, path: str, batch, device, steps: int) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--models", nargs="+", default=list(FAMILIES), help="model specs")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)

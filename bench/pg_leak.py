@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from csg.cli import summary
+
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback, as csg runs Ray
 
 SECOND_RAY = ("import logging, sys, time, ray; ray.init(address='local', num_cpus=1, include_dashboard=False, "
@@ -45,7 +47,7 @@ def running_group(ray, started: Path, timeout: float = 180) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--plain", action="store_true", help="start Ray without csg's state-API address")
     parser.add_argument("--wait-s", type=float, default=40, help="how long the cleaner gets to remove the group")
     args = parser.parse_args(argv)

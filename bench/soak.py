@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
+from csg.cli import summary
 from csg.distributed.cluster import alive_nodes
 from csg.testing.local_head import LocalHead, wait_for_job
 
@@ -139,7 +140,7 @@ def soak(head: LocalHead, runs: int, gap_s: float, trials: int, results: Path, j
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--runs", type=int, default=20, help="training jobs, one after another")
     parser.add_argument("--gap-s", type=float, default=20, help="idle seconds between jobs")
     parser.add_argument("--trials", type=int, default=6, help="trials of the closing sweep (2 at a time)")

@@ -19,6 +19,7 @@ import numpy as np
 
 from analysis import correlation, kmeans, masking, similarity
 from analysis.studies import RunArrays
+from csg.cli import summary
 
 SCALES = {"cifar10": dict(n=10_000, k=64, c=10, fan_in=64 * 9),
           "imagenet": dict(n=50_000, k=512, c=1000, fan_in=512 * 9)}
@@ -46,7 +47,7 @@ def measured(function, *args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--kmeans-init", type=int, default=1)
     args = parser.parse_args(argv)

@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from csg import data as data_lib
+from csg.cli import summary
 from csg.config import TrainConfig
 from csg.method import engine
 from csg.method.gate import ClassSpecificGate
@@ -160,7 +161,7 @@ def jpeg_tree(root: Path, count: int, classes: int = 4) -> Path:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--image-size", type=int, default=32)

@@ -108,6 +108,11 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def summary(doc: str) -> str:
+    """A script's docstring's first paragraph on one line: its `--help` description, whole."""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
 def at_least(low: int):
     """An argparse type: an integer no smaller than `low` (else a one-line error naming the flag)."""
     def parse(text: str) -> int:

@@ -28,7 +28,7 @@ from analysis.catalog import STUDIED, STUDIES
 from analysis.fan_out import in_process
 from analysis.registry import ANALYSES, RAY_CHOICES
 from analysis.studies import StudyError
-from csg.cli import OneLineParser
+from csg.cli import OneLineParser, summary
 from csg.distributed.cluster import init_ray
 from csg.store.results import ResultStore
 
@@ -82,7 +82,7 @@ def add_every_study(parser, options: tuple[type, ...]) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=summary(__doc__))
     commands = parser.add_subparsers(dest="command", required=True)
     for analysis in ANALYSES.values():
         sub = commands.add_parser(analysis.name, help=analysis.title)

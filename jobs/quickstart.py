@@ -20,14 +20,14 @@ from analysis.figures import as_matrix, plot_gate, plot_mi_pair
 from analysis.gate_stats import balance_line
 from analysis.report import write_report
 from analysis.studies import resolve_runs
-from csg.cli import OneLineParser, run_or_exit
+from csg.cli import OneLineParser, run_or_exit, summary
 from csg.config import PRESETS, ConfigError, TrainConfig, validate
 from csg.distributed.driver import train
 from csg.store.results import ResultStore
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(description=__doc__.splitlines()[0],
+    parser = OneLineParser(description=summary(__doc__),
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--results", default="results", help="results root")
     parser.add_argument("--epochs", type=int, default=PRESETS["digits-resnet20"]["epochs"],

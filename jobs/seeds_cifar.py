@@ -20,7 +20,7 @@ from csg.store.results import ResultStore
 
 def get_args_parser() -> argparse.ArgumentParser:
     managed = tuple(name for name in sweep.MANAGED if name not in sweep.SEARCHED) + ("seed",)
-    parser = cli.get_args_parser("cifar10-resnet20", __doc__.splitlines()[0], exclude=managed)
+    parser = cli.get_args_parser("cifar10-resnet20", cli.summary(__doc__), exclude=managed)
     group = sweep.add_sweep_arguments(parser)
     group.add_argument("--seeds", type=cli.at_least(1), default=20, help="runs, with seeds 0 .. N-1")
     group.add_argument("--tau", type=float, default=gate_stats.DEFAULT_TAU,

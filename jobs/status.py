@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from csg.cli import OneLineParser
+from csg.cli import OneLineParser, summary
 from csg.store.results import ResultStore
 from csg.store.run_status import run_states, unreadable_parts
 
 
 def get_args_parser() -> OneLineParser:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=summary(__doc__))
     parser.add_argument("--results", required=True, help="results root: a local path or a pyarrow filesystem URI")
     parser.add_argument("--check", action="store_true",
                         help="read every part file of every table back; name the unreadable ones and exit 1")

@@ -4,11 +4,11 @@
     python jobs/train_cifar.py --dataset digits --epochs 6 --workers 2   # no download needed
     python jobs/train_cifar.py --method std ...                          # the baseline
 """
-from csg.cli import training_main
+from csg.cli import summary, training_main
 
 
 def main(argv=None) -> dict:
-    return training_main("cifar10-resnet20", __doc__.splitlines()[0], argv)
+    return training_main("cifar10-resnet20", summary(__doc__), argv)
 
 
 if __name__ == "__main__":

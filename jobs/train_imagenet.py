@@ -4,11 +4,11 @@
     ray job submit --working-dir . -- python jobs/train_imagenet.py --data /data/imagenet --gpu
     python jobs/train_imagenet.py --preset voc-resnet152 --data /data/voc6 --weights r152.pth
 """
-from csg.cli import training_main
+from csg.cli import summary, training_main
 
 
 def main(argv=None) -> dict:
-    return training_main("imagenet-resnet18", __doc__.splitlines()[0], argv)
+    return training_main("imagenet-resnet18", summary(__doc__), argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ SPACE_FLAGS = ("period", "csg_epochs", "lambda1", "lambda2", "g_density", "psi",
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = cli.get_args_parser("cifar10-resnet20", __doc__.splitlines()[0], exclude=sweep.MANAGED)
+    parser = cli.get_args_parser("cifar10-resnet20", cli.summary(__doc__), exclude=sweep.MANAGED)
     space = parser.add_argument_group("search space (lists: choices; LOW HIGH: a log-uniform range)")
     space.add_argument("--period", type=int, nargs="+", default=list(SPACE.period), help="CSG schedule periods")
     space.add_argument("--csg-epochs", type=int, nargs="+", default=list(SPACE.csg_epochs),

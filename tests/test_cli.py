@@ -1,13 +1,14 @@
 """The training jobs' command line: help that shows the preset in force, the recipe a
 --dataset brings, and a start line that names the preset and what was changed from it."""
 import re
+import runpy
 
 import pytest
 
-from csg.cli import get_args_parser, parse_config
+from csg.cli import get_args_parser, parse_config, summary
 from csg.config import PRESETS
 from csg.store.run_record import start_line
-from tests.helpers import job_main, make_imagefolder
+from tests.helpers import REPO, job_main, make_imagefolder
 
 
 def _help_of(out: str, flag: str) -> str:
@@ -53,3 +54,13 @@ def test_the_start_line_names_the_preset_and_every_option_changed_from_it():
     assert re.search(r"preset digits-resnet20, changed: --epochs 3 --no-nesterov$", line), line
     cfg, info, _ = parse_config(get_args_parser("digits-resnet20", "d"), [])
     assert start_line("r2", cfg, info).endswith("preset digits-resnet20, changed: nothing")
+
+
+@pytest.mark.parametrize("job", sorted(p.stem for p in (REPO / "jobs").glob("*.py")))
+def test_every_jobs_help_opens_with_its_whole_first_paragraph(job, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        job_main(job)(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    module_doc = runpy.run_path(str(REPO / "jobs" / f"{job}.py"))["__doc__"]
+    assert summary(module_doc).endswith(".") and summary(module_doc) in " ".join(out.split())
