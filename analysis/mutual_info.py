@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import ray
 
 from analysis.fan_out import fan_out
 from analysis.options import Results, option
@@ -40,6 +39,8 @@ def mi_matrix_ray(features, labels, n_classes=None, n_neighbors=3, random_state=
     By default the blocks split filters only, about two per worker: one pass over a filter's
     samples serves every class, so a class block would repeat that pass. Classes are split
     only when there are fewer filters than workers."""
+    import ray  # here, as in analysis.fan_out: a study run in process never loads it
+
     labels = np.asarray(labels)
     n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
     noisy = jittered(features, random_state)  # once: the noise every reference call would draw
@@ -68,6 +69,8 @@ def extract_features(checkpoint, split="test", all_layers=False, shards=1, batch
     over disjoint contiguous slices, concatenated in order."""
     if shards <= 1:
         return checkpoint_features(str(checkpoint), split, all_layers, None, batch_size)
+    import ray
+
     size = len(checkpoint_split(str(checkpoint), split))
     bounds = np.linspace(0, size, shards + 1).astype(int)
     parts = ray.get([

@@ -74,3 +74,25 @@ def test_the_method_and_the_data_sets_need_neither_ray_nor_pyarrow():
     done = subprocess.run([sys.executable, "-c", WITHOUT_RAY], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "imported" in done.stdout
+
+
+# torchvision costs ~2 s to import and Ray ~0.5 s; a study on the embedded data, run in process
+# (`--ray auto` on one or two runs), needs neither.
+LIGHT_STUDY = textwrap.dedent("""
+    import sys
+
+    import analysis.registry
+    import csg.cli
+    from csg.data import evaluation_set
+    from csg.method.models import build_model
+
+    images = evaluation_set("digits", None, "test")
+    model = build_model("resnet20", 10, in_channels=1, mean=(0.5,), std=(0.3,))
+    loaded = sorted({name.split(".")[0] for name in sys.modules} & {"ray", "torchvision"})
+    assert not loaded, loaded
+""")
+
+
+def test_the_analysis_cli_on_embedded_data_loads_neither_torchvision_nor_ray():
+    done = subprocess.run([sys.executable, "-c", LIGHT_STUDY], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]

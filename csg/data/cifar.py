@@ -1,4 +1,7 @@
-"""CIFAR-10 and CIFAR-100 in their python-pickle format."""
+"""CIFAR-10 and CIFAR-100 in their python-pickle format.
+
+torchvision is imported where it is used, here and in the other data modules: importing it
+costs about 2 s (it loads torch._dynamo), which a command on the embedded data never needs."""
 from __future__ import annotations
 
 import pickle
@@ -7,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import datasets as tv_datasets
-from torchvision import transforms as T
 
 from csg.data.registry import (
     DEFAULT_DATA_ROOT,
@@ -42,6 +43,8 @@ class Cifar(DatasetFamily):
         return DatasetInfo(10 if name == "cifar10" else 100, size, 3, *CIFAR_MEAN_STD)
 
     def load(self, name, root, image_size, skip_bad_images, augment):
+        from torchvision import transforms as T
+
         train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
         return _cifar_split(name, root, True, train_tf), _cifar_split(name, root, False, None)
 
@@ -86,6 +89,8 @@ def cifar_present(name: str, root: str | None) -> bool:
 
 def download_cifar(name: str, root: str) -> None:
     """Fetch CIFAR through torchvision when online; offline, say which files are expected."""
+    from torchvision import datasets as tv_datasets
+
     cls = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
     try:
         cls(root, train=True, download=True)

@@ -3,21 +3,24 @@ for localization, and the augmentations that fit its image size."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import datasets as tv_datasets
-from torchvision import transforms as T
 
 from csg.data.registry import (
     DATA_OPTIONS,
-    BadImageError,
     DataError,
     DatasetFamily,
     DatasetInfo,
     register,
 )
+
+if TYPE_CHECKING:  # torchvision is imported where it is used (see csg.data.cifar)
+    from torchvision.transforms import Compose
+
+    from csg.data.checked_folder import CheckedImageFolder
 
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 AUGMENTS = ("imagenet", "cifar", "crop", "none")
@@ -41,12 +44,18 @@ class ImageFolderTree(DatasetFamily):
         return DatasetInfo(len(classes), size, 3, *IMAGENET_MEAN_STD)
 
     def load(self, name, root, image_size, skip_bad_images, augment):
+        from csg.data.checked_folder import CheckedImageFolder
+
         imagefolder_classes(root)
         augment = augment or default_augment(image_size)
         return (CheckedImageFolder(str(Path(root) / "train"), train_transform(image_size, augment), skip_bad_images),
                 self.evaluation_set(name, root, "test", image_size, skip_bad_images, augment))
 
     def evaluation_set(self, name, root, split, image_size, skip_bad_images, augment):
+        from torchvision import transforms as T
+
+        from csg.data.checked_folder import CheckedImageFolder
+
         eval_tf = T.Compose([*evaluation_geometry(image_size, augment), T.ToTensor()])
         folder = str(Path(root) / ("train" if split == "train" else "val"))
         return CheckedImageFolder(folder, eval_tf, skip_bad=skip_bad_images)
@@ -56,10 +65,12 @@ class ImageFolderTree(DatasetFamily):
         return MaskFolder(images, Path(root), image_size, augment)
 
 
-def train_transform(image_size: int, augment: str) -> T.Compose:
+def train_transform(image_size: int, augment: str) -> Compose:
     """`imagenet`: RandomResizedCrop + flip. `cifar`: the image resized whole, a random crop
     padded by an eighth of its side, flip. `crop`: the same without the flip, for classes whose
     mirror image is another class (digits, text). `none`: the image resized whole."""
+    from torchvision import transforms as T
+
     if augment == "imagenet":
         steps = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
     else:
@@ -71,31 +82,16 @@ def train_transform(image_size: int, augment: str) -> T.Compose:
     return T.Compose([*steps, T.ToTensor()])
 
 
-def evaluation_geometry(image_size: int, augment: str | None = None,
-                        interpolation=T.InterpolationMode.BILINEAR) -> list:
+def evaluation_geometry(image_size: int, augment: str | None = None, interpolation: str = "bilinear") -> list:
     """How an ImageFolder image is evaluated: after ImageNet's augmentation, its rule (short
     side to size*256/224, center crop); after the others, the whole image resized, so nothing
-    a small image shows is cropped away."""
+    a small image shows is cropped away. `interpolation` names a torchvision InterpolationMode."""
+    from torchvision import transforms as T
+
+    interpolation = T.InterpolationMode(interpolation)
     if (augment or default_augment(image_size)) == "imagenet":
         return [T.Resize(round(image_size * 256 / 224), interpolation=interpolation), T.CenterCrop(image_size)]
     return [T.Resize((image_size, image_size), interpolation=interpolation)]
-
-
-class CheckedImageFolder(tv_datasets.ImageFolder):
-    """ImageFolder whose decoding errors name the file, or skip it when asked."""
-
-    def __init__(self, root: str, transform, skip_bad: bool = False):
-        super().__init__(root, transform)
-        self.skip_bad = skip_bad
-
-    def __getitem__(self, index):
-        path = self.samples[index][0]
-        try:
-            return super().__getitem__(index)
-        except (OSError, ValueError) as exc:
-            if self.skip_bad:
-                return None
-            raise BadImageError(f"unreadable image {path} ({exc}); --skip-bad-images skips such files") from exc
 
 
 class MaskFolder(Dataset):
@@ -113,7 +109,9 @@ class MaskFolder(Dataset):
         if missing:
             raise DataError(f"--data: {len(missing)} of {len(self.paths)} images in {folder} have no mask under "
                             f"{self.masks_root} (first: {missing[0].relative_to(self.masks_root)})")
-        self.transform = T.Compose(evaluation_geometry(image_size, augment, T.InterpolationMode.NEAREST))
+        from torchvision import transforms as T
+
+        self.transform = T.Compose(evaluation_geometry(image_size, augment, "nearest"))
 
     def __len__(self):
         return len(self.paths)

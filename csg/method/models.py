@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from csg.method.attach import GatedModel, attach
@@ -100,6 +99,8 @@ class TorchvisionResNet(StagedNet):
     """torchvision ResNet-18...152 for ImageNet-sized inputs; the last conv map is layer4's output."""
 
     def __init__(self, name: str, num_classes: int, in_channels: int, weights=None):
+        import torchvision  # here, not above: see csg.data.cifar
+
         super().__init__()
         net = getattr(torchvision.models, name)(weights=None)
         if weights is not None:
@@ -191,6 +192,8 @@ def model_factory(spec: str):
         raise ModelSpecError(f"unknown model {spec!r}: one of {', '.join(BUILT_IN)}, torchvision:NAME, "
                              "timm:NAME or package.module:callable")
     if kind == "torchvision":
+        import torchvision
+
         known = torchvision.models.list_models(module=torchvision.models)
         if name not in known:
             raise ModelSpecError(f"torchvision has no classification model {name!r} "
