@@ -63,7 +63,7 @@ def main(argv=None):
     model = model.to(args.device).eval()
     k = model.num_filters
     thresholds = torch.full((k,), 0.5)
-    summary = []
+    per_size = []
     for size in args.sizes:
         cam = per_image_seconds(model, CAM(), [], size, args)
         activ = per_image_seconds(model, ActivMap(), np.arange(k), size, args, thresholds)
@@ -73,9 +73,9 @@ def main(argv=None):
               f"filters) {1000 * activ:.1f} ms/image, GradMap {1000 * grad:.1f} ms per image and filter: "
               f"{grad * k:.1f} s/image for all {k} filters, {grad * 30:.2f}-{grad * top:.1f} s/image for the "
               f"authors' 30 per class (batches of one class - of {min(args.classes, args.batch)})", flush=True)
-        summary.append(f"{size}px cam_ms={1000 * cam:.1f} activmap_ms={1000 * activ:.1f} "
+        per_size.append(f"{size}px cam_ms={1000 * cam:.1f} activmap_ms={1000 * activ:.1f} "
                        f"gradmap_ms_per_filter={1000 * grad:.1f}")
-    print(f"localize {args.model} {args.device}: " + " | ".join(summary))
+    print(f"localize {args.model} {args.device}: " + " | ".join(per_size))
 
 
 if __name__ == "__main__":

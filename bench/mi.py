@@ -33,10 +33,10 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="N=2000 and a small ImageNet-scale sample")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     n, k, c = (2000, 16, 10) if args.quick else (10_000, 64, 10)
     big_n, big_k = (5_000, 32) if args.quick else (50_000, 512)
 

@@ -51,7 +51,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--kmeans-init", type=int, default=1)
     args = parser.parse_args(argv)
-    summary = []
+    per_scale = []
     for scale, shape in SCALES.items():
         if args.quick and scale != "cifar10":
             continue
@@ -66,9 +66,9 @@ def main(argv=None):
         print(f"{scale}: N={shape['n']} K={shape['k']} C={shape['c']}")
         for name, (seconds, mib) in costs.items():
             print(f"  {name:<24} {seconds:8.2f} s  peak {mib:8.1f} MiB")
-        summary.append(f"{scale} " + " ".join(f"{name.split()[0]}={seconds:.2f}s"
+        per_scale.append(f"{scale} " + " ".join(f"{name.split()[0]}={seconds:.2f}s"
                                               for name, (seconds, _) in costs.items()))
-    print("studies: " + "; ".join(summary))
+    print("studies: " + "; ".join(per_scale))
 
 
 if __name__ == "__main__":

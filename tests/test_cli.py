@@ -56,11 +56,12 @@ def test_the_start_line_names_the_preset_and_every_option_changed_from_it():
     assert start_line("r2", cfg, info).endswith("preset digits-resnet20, changed: nothing")
 
 
-@pytest.mark.parametrize("job", sorted(p.stem for p in (REPO / "jobs").glob("*.py")))
-def test_every_jobs_help_opens_with_its_whole_first_paragraph(job, capsys):
+@pytest.mark.parametrize("script", sorted(f"{folder}/{p.name}" for folder in ("jobs", "bench")
+                                           for p in (REPO / folder).glob("*.py")))
+def test_every_jobs_and_benchmarks_help_opens_with_its_whole_first_paragraph(script, capsys):
+    module = runpy.run_path(str(REPO / script))
     with pytest.raises(SystemExit) as exit_info:
-        job_main(job)(["--help"])
+        module["main"](["--help"])
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
-    module_doc = runpy.run_path(str(REPO / "jobs" / f"{job}.py"))["__doc__"]
-    assert summary(module_doc).endswith(".") and summary(module_doc) in " ".join(out.split())
+    assert summary(module["__doc__"]).endswith(".") and summary(module["__doc__"]) in " ".join(out.split())
