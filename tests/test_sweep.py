@@ -14,7 +14,7 @@ from csg.distributed.ray_train import scaling_config
 from csg.distributed.sweeps import STOP_REASONS, SearchSpace, trial_config
 from tests.helpers import REPO, documented_columns, job_main, written_columns
 
-SWEEP_ARGS = ["--dataset", "digits", "--epochs", "3", "--batch-size", "64"]
+SWEEP_ARGS = ["--dataset", "digits", "--epochs", "2", "--batch-size", "64"]
 
 
 @pytest.mark.slow
