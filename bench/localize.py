@@ -74,7 +74,7 @@ def main(argv=None):
               f"{grad * k:.1f} s/image for all {k} filters, {grad * 30:.2f}-{grad * top:.1f} s/image for the "
               f"authors' 30 per class (batches of one class - of {min(args.classes, args.batch)})", flush=True)
         per_size.append(f"{size}px cam_ms={1000 * cam:.1f} activmap_ms={1000 * activ:.1f} "
-                       f"gradmap_ms_per_filter={1000 * grad:.1f}")
+                        f"gradmap_ms_per_filter={1000 * grad:.1f}")
     print(f"localize {args.model} {args.device}: " + " | ".join(per_size))
 
 

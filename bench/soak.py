@@ -131,11 +131,11 @@ def soak(head: LocalHead, runs: int, gap_s: float, trials: int, results: Path, j
         *([] if _every_epoch_once(results, runs_table) else ["a run's epoch rows are missing or repeated"]),
     ]
     last_line = (f"soak: {runs} runs + {trials}-trial sweep in {time.time() - start:.0f} s; runs finished "
-               f"{finished}/{runs + trials}; placement groups {before['placement_groups']}->{after['placement_groups']}; "
-               f"actors {len(before['actors'])}->{len(warm['actors'])} (first run)->{len(after['actors'])}; "
-               f"workers {before['workers']}->{after['workers']}; "
-               f"head RSS {before['head_rss_mb']:.0f}->{after['head_rss_mb']:.0f} MB (+{growth:.0f}, bound "
-               f"{memory_bound_mb:.0f}); {'OK' if not problems else 'FAILED'}")
+                 f"{finished}/{runs + trials}; placement groups {before['placement_groups']}->{after['placement_groups']}; "
+                 f"actors {len(before['actors'])}->{len(warm['actors'])} (first run)->{len(after['actors'])}; "
+                 f"workers {before['workers']}->{after['workers']}; "
+                 f"head RSS {before['head_rss_mb']:.0f}->{after['head_rss_mb']:.0f} MB (+{growth:.0f}, bound "
+                 f"{memory_bound_mb:.0f}); {'OK' if not problems else 'FAILED'}")
     return last_line, problems
 
 
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     with nullcontext(LocalHead(CHECKOUT, env=dict(os.environ))) if args.attach else LocalHead(CHECKOUT, cpus=2) as head:
         last_line, problems = soak(head, args.runs, args.gap_s, args.trials, results, args.job_timeout_s,
-                                 args.memory_bound_mb)
+                                   args.memory_bound_mb)
     for problem in problems:
         print(f"soak: PROBLEM {problem}")
     print(last_line)

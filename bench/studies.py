@@ -67,7 +67,7 @@ def main(argv=None):
         for name, (seconds, mib) in costs.items():
             print(f"  {name:<24} {seconds:8.2f} s  peak {mib:8.1f} MiB")
         per_scale.append(f"{scale} " + " ".join(f"{name.split()[0]}={seconds:.2f}s"
-                                              for name, (seconds, _) in costs.items()))
+                                                for name, (seconds, _) in costs.items()))
     print("studies: " + "; ".join(per_scale))
 
 
