@@ -85,7 +85,9 @@ def test_ray_job_stop_records_interrupted_and_a_resubmit_resumes_each_epoch_once
     job = local_head.python_job(client, "train_cifar", args, f"stop-{tmp_path.name}")
     part = results / "epochs" / "run_id=st" / "part-0.parquet"
     deadline = time.time() + 240
-    while not (part.exists() and len(pd.read_parquet(part)) >= 2):
+    # Three rows: an epoch's row is written before its checkpoint is registered, so waiting for
+    # epoch 2 gives the first checkpoint a whole epoch to register before the stop.
+    while not (part.exists() and len(pd.read_parquet(part)) >= 3):
         status = client.get_job_status(job).value
         assert time.time() < deadline and status in ("PENDING", "RUNNING"), client.get_job_logs(job)[-2000:]
         time.sleep(0.3)
@@ -94,7 +96,8 @@ def test_ray_job_stop_records_interrupted_and_a_resubmit_resumes_each_epoch_once
     row = pd.read_parquet(results / "runs").iloc[0]
     assert row["status"] == "interrupted", client.get_job_logs(job)[-2000:]
     assert "interrupted (SIGTERM)" in client.get_job_logs(job)
-    assert ckpt_lib.read(row["checkpoint"])["epoch"] >= 1  # intact: it loads
+    kept = ckpt_lib.read(row["checkpoint"])["epoch"]  # intact: it loads
+    assert 0 <= kept < len(pd.read_parquet(part)), kept
 
     again = local_head.python_job(client, "train_cifar", args, f"again-{tmp_path.name}")
     assert wait_for_job(client, again, 300) == "SUCCEEDED", client.get_job_logs(again)[-2000:]
