@@ -68,6 +68,17 @@ def digits_copy(digits_run, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def readme_runs(ray_local, tmp_path_factory):
+    """The README's commands that need no data set, run as written from an empty directory:
+    (that directory, what each command printed). Its trainings (digits, one's own model, a
+    torchvision one, a sweep's trial) are read by other tests too; copy before writing."""
+    from tests.helpers import run_readme_commands
+
+    folder = tmp_path_factory.mktemp("readme")
+    return folder, run_readme_commands(folder)
+
+
+@pytest.fixture(scope="session")
 def scenes_runs(ray_local, tmp_path_factory):
     """A CSG and an STD run on digits-scenes with its preset, 3 epochs each: (results, rows by
     method). Shared by the preset's test and the localization job's; copy before writing."""

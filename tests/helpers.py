@@ -1,6 +1,7 @@
 """The tests' one support module (test modules import from here, never from each other): load
-a job script's main(), fabricate data trees and results roots in real formats, copy a shared
-run before writing into it, the engine's toy set-up, and pause a process for certain."""
+a job script's main(), run the README's commands, fabricate data trees and results roots in
+real formats, copy a shared run before writing into it, the engine's toy set-up, and pause a
+process for certain."""
 import contextlib
 import glob
 import io
@@ -8,13 +9,17 @@ import os
 import pickle
 import re
 import runpy
+import shlex
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import torchvision
 from PIL import Image
 from torch import nn
@@ -46,6 +51,60 @@ class Terminal(io.StringIO):
 
 def job_main(name: str):
     return runpy.run_path(str(REPO / "jobs" / f"{name}.py"))["main"]
+
+
+README = (REPO / "README.md").read_text()
+README_COMMANDS = [re.split(r"\s+#", line)[0].strip() for line in re.findall(r"^    (python .+)$", README, flags=re.M)]
+NEEDS_NO_DATA = re.compile(r"--(dataset|preset) digits|--help|jobs/status\.py --results results$|"
+                           r"read_parquet\('results/runs'\)|csg\.attach")
+# Appended to the README's commands that train for minutes: the same flags, fewer epochs and trials.
+SHORTER = {"train_cifar": ["--epochs", "1"], "tune_cifar": ["--epochs", "1", "--num-samples", "1"]}
+
+
+def readme_commands_without_data() -> list[str]:
+    """The README's commands that need no data set (the quickstart has its own test)."""
+    return [command for command in README_COMMANDS if NEEDS_NO_DATA.search(command) and "quickstart" not in command]
+
+
+def run_readme_commands(cwd: Path) -> dict[str, str]:
+    """Each of those commands, as written, from `cwd` (the trainings first, then what lists
+    them): what it printed. A job runs in this process (its flags parsed as the shell would pass
+    them, only `SHORTER`), a `python -c` line as a process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    printed, before = {}, os.getcwd()
+    os.chdir(cwd)
+    try:
+        for command in sorted(readme_commands_without_data(), key=reads_the_runs):
+            words = shlex.split(command)
+            if words[1] == "-c":
+                done = subprocess.run([sys.executable, *words[1:]], capture_output=True, text=True, timeout=120,
+                                      env=env, check=False)
+                assert done.returncode == 0, f"{command}\n{done.stderr[-2000:]}"
+                printed[command] = done.stdout
+                continue
+            name = words[1].removeprefix("jobs/").removesuffix(".py")
+            printed[command] = _job_output(name, words[2:] if "--help" in words else
+                                           [*words[2:], *SHORTER.get(name, [])])
+    finally:
+        os.chdir(before)
+    return printed
+
+
+def reads_the_runs(command: str) -> bool:
+    return "jobs/status.py" in command or "read_parquet" in command
+
+
+def _job_output(name: str, argv: list[str]) -> str:
+    """A job's stdout; `--help` must exit 0, any other run return."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        if "--help" not in argv:
+            job_main(name)(argv)
+            return out.getvalue()
+        with pytest.raises(SystemExit) as exit_info:
+            job_main(name)(argv)
+    assert exit_info.value.code == 0
+    return out.getvalue()
 
 
 def make_imagefolder(root: Path, classes=("cat", "dog", "owl"), per_class=(6, 3), size=40, seed=0) -> Path:

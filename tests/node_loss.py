@@ -24,7 +24,7 @@ from csg.distributed.cluster import StorageError, check_visible_from_every_node
 from csg.distributed.driver import train
 from csg.store.results import ResultStore
 
-EPOCHS = 6  # the node goes after 2 checkpointed epochs; 4 are left to resume
+EPOCHS = 4  # the node goes after 2 checkpointed epochs; 2 are left to resume
 
 
 def main(results: str, temp_dir: str) -> None:

@@ -106,7 +106,7 @@ def test_black_box_attacks_change_predictions(digits_run, name, options, floor):
     from analysis.blackbox import attack_sample, blackbox_row
 
     _, row = digits_run
-    outcome = attack_sample(row["checkpoint"], name, np.arange(0, 360, 18), options, seed=0)
+    outcome = attack_sample(row["checkpoint"], name, np.arange(0, 360, 36), options, seed=0)
     assert blackbox_row(outcome)["success_rate"] > floor
 
 

@@ -81,7 +81,7 @@ def test_jobs_at_once_on_one_results_root_all_finish_with_every_row_readable(loc
 @pytest.mark.separate_ray
 def test_ray_job_stop_records_interrupted_and_a_resubmit_resumes_each_epoch_once(local_head, tmp_path):
     client, results = local_head.jobs(), tmp_path / "results"
-    args = [*TRAIN_ARGS, "--epochs", "8", "--run-id", "st", "--results", str(results)]
+    args = [*TRAIN_ARGS, "--epochs", "6", "--run-id", "st", "--results", str(results)]
     job = local_head.python_job(client, "train_cifar", args, f"stop-{tmp_path.name}")
     part = results / "epochs" / "run_id=st" / "part-0.parquet"
     deadline = time.time() + 240
@@ -102,7 +102,7 @@ def test_ray_job_stop_records_interrupted_and_a_resubmit_resumes_each_epoch_once
     again = local_head.python_job(client, "train_cifar", args, f"again-{tmp_path.name}")
     assert wait_for_job(client, again, 300) == "SUCCEEDED", client.get_job_logs(again)[-2000:]
     assert pd.read_parquet(results / "runs").iloc[0]["status"] == "finished"
-    assert pd.read_parquet(results / "epochs")["epoch"].tolist() == list(range(8))
+    assert pd.read_parquet(results / "epochs")["epoch"].tolist() == list(range(6))
 
 
 @pytest.mark.separate_ray

@@ -40,16 +40,16 @@ def test_summary_is_per_class_m1_and_per_run_m2():
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_three_seeds_give_gate_stats_for_every_run_and_class(ray_local, tmp_path):
-    stats = job_main("seeds_cifar")(["--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--seeds", "3",
+def test_two_seeds_at_once_give_gate_stats_for_every_run_and_class(ray_local, tmp_path):
+    stats = job_main("seeds_cifar")(["--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--seeds", "2",
                                      "--max-concurrent", "2", "--results", str(tmp_path)])
     table = pd.read_parquet(tmp_path / "gate_stats")
-    assert len(table) == 30 and table.groupby("run_id", observed=True).size().eq(10).all()
-    assert sorted(table["seed"].unique()) == [0, 1, 2]
+    assert len(table) == 20 and table.groupby("run_id", observed=True).size().eq(10).all()
+    assert sorted(table["seed"].unique()) == [0, 1]
     assert (table.groupby("run_id", observed=True)["monopolized"].sum()
             + table.groupby("run_id", observed=True)["shared"].first()
             + table.groupby("run_id", observed=True)["unused"].first() <= 64).all()
-    assert len(stats) == 30
+    assert len(stats) == 20
     assert written_columns(tmp_path, "gate_stats") == documented_columns("gate_stats")
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from csg.store.results import ResultStore
 from tests.helpers import DIGITS_ARGS as ARGS
-from tests.helpers import job_main, make_imagefolder
+from tests.helpers import copy_results, job_main, make_imagefolder
 
 # Each run here trains on the session Ray: ~20 s, or ~50 s where digits_run is trained first.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -153,49 +153,55 @@ def test_checkpoint_of_another_model_fails_the_run_in_one_line(digits_run, tmp_p
     assert "has model='resnet20', this run has 'resnet32'" in err
 
 
+def _readme_run(readme_runs, model: str, dest):
+    """The README's training of `model`, its tables copied to `dest`: (copy, its runs row)."""
+    folder, _ = readme_runs
+    results = copy_results(folder / "results", dest)
+    runs = pd.read_parquet(results / "runs")
+    return results, runs.loc[runs["model"] == model].iloc[0]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_model_of_ones_own_trains_under_ray_and_its_checkpoint_is_analysed(ray_local, tmp_path, capsys):
-    """--model package.module:callable through Ray Train (2 workers), then MI, the four studies
-    and ActivMap/GradMap localization from its checkpoint, rebuilt from the spec the run recorded."""
-    results = tmp_path / "r"
-    row = job_main("train_cifar")(["--dataset", "digits-scenes", "--model", "tests.helpers:own_net",
-                                   "--epochs", "2", "--workers", "2", "--batch-size", "64",
-                                   "--results", str(results), "--run-id", "own"])
+def test_a_model_of_ones_own_trains_under_ray_and_its_checkpoint_is_analysed(readme_runs, tmp_path, capsys):
+    """--model package.module:callable through Ray Train (2 workers, the README's command), then
+    MI, the four studies and ActivMap/GradMap localization from its checkpoint, rebuilt from the
+    spec the run recorded."""
+    results, row = _readme_run(readme_runs, "tests.helpers:own_net", tmp_path / "r")
+    own = str(row["run_id"])
     assert row["status"] == "finished" and row["num_filters"] == 24
-    assert len(pd.read_parquet(results / "gates")) == 10 * 24
-    mis = job_main("analyze")(["mi", "--results", str(results), "--run", "own"])
+    assert len(pd.read_parquet(results / "gates", filters=[("run_id", "==", own)])) == 10 * 24
+    mis = job_main("analyze")(["mi", "--results", str(results), "--run", own])
     assert abs(mis - row["mis"]) < 1e-9
     # an MLP head: masking asks the model itself, its gate point set to the kept filters
-    job_main("analyze")(["studies", "--results", str(results), "--runs", "own", "--rule", "activation"])
+    job_main("analyze")(["studies", "--results", str(results), "--runs", own, "--rule", "activation"])
     for table in ("masking", "similarity", "correlation_summary", "kmeans_summary"):
-        assert set(pd.read_parquet(results / table)["run_id"].astype(str)) == {"own"}, table
+        assert set(pd.read_parquet(results / table)["run_id"].astype(str)) == {own}, table
     masking = pd.read_parquet(results / "masking")
     assert (masking.groupby("mask_set", observed=True)["count"].sum() == 360).all()  # every test image, once
-    job_main("analyze")(["localize", "--results", str(results), "--runs", "own", "--methods", "activmap",
+    job_main("analyze")(["localize", "--results", str(results), "--runs", own, "--methods", "activmap",
                          "gradmap", "--per-class", "2", "--examples", "1"])
     scored = pd.read_parquet(results / "localization")
     scored_iou = scored["avg_iou"].dropna()  # NaN: a class no filter focuses on
     assert set(scored["method"]) == {"activmap", "gradmap"} and len(scored_iou) and scored_iou.between(0, 1).all()
-    page = job_main("analyze")(["report", "--results", str(results), "--runs", "own"]).read_text()
+    page = job_main("analyze")(["report", "--results", str(results), "--runs", own]).read_text()
     assert "tests.helpers:own_net" in page and '<section id="localization">' in page
     with pytest.raises(SystemExit):
-        job_main("analyze")(["localize", "--results", str(results), "--runs", "own", "--methods", "cam"])
+        job_main("analyze")(["localize", "--results", str(results), "--runs", own, "--methods", "cam"])
     assert "does not end in global average pooling and one linear layer" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_torchvision_model_by_name_trains_and_every_study_and_localization_read_it(ray_local, tmp_path):
-    """--model torchvision:mobilenet_v3_small (an MLP head, 1-channel images repeated to 3), then
-    `studies` and `localize` on its checkpoint."""
-    results = tmp_path / "r"
-    row = job_main("train_cifar")(["--dataset", "digits-scenes", "--model", "torchvision:mobilenet_v3_small",
-                                   "--epochs", "2", "--results", str(results), "--run-id", "mobile"])
+def test_a_torchvision_model_by_name_trains_and_every_study_and_localization_read_it(readme_runs, tmp_path):
+    """--model torchvision:mobilenet_v3_small (an MLP head, 1-channel images repeated to 3; the
+    README's command), then `studies` and `localize` on its checkpoint."""
+    results, row = _readme_run(readme_runs, "torchvision:mobilenet_v3_small", tmp_path / "r")
+    mobile = str(row["run_id"])
     assert row["status"] == "finished" and row["num_filters"] == 576
-    job_main("analyze")(["studies", "--results", str(results), "--runs", "mobile", "--rule", "activation"])
+    job_main("analyze")(["studies", "--results", str(results), "--runs", mobile, "--rule", "activation"])
     for table in ("masking", "similarity", "correlation_summary", "kmeans_summary"):
-        assert set(pd.read_parquet(results / table)["run_id"].astype(str)) == {"mobile"}, table
-    job_main("analyze")(["localize", "--results", str(results), "--runs", "mobile", "--methods", "activmap",
+        assert set(pd.read_parquet(results / table)["run_id"].astype(str)) == {mobile}, table
+    job_main("analyze")(["localize", "--results", str(results), "--runs", mobile, "--methods", "activmap",
                          "--per-class", "2", "--examples", "1"])
     assert set(pd.read_parquet(results / "localization")["method"]) == {"activmap"}
