@@ -6,6 +6,7 @@ node that holds one of its workers is removed (SIGKILL of that node's raylet and
 under it). Prints one JSON line describing what happened.
 """
 import contextlib
+import io
 import json
 import os
 import sys
@@ -31,7 +32,11 @@ def main(results: str, temp_dir: str) -> None:
     # Cluster writes its address to Ray's default temp dir whatever temp_dir says; on a machine
     # that never ran Ray that directory is missing.
     os.makedirs(os.path.dirname(ray._private.utils.get_ray_address_file(None)), exist_ok=True)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir})
+    # The GCS declares a silent node dead after 3 missed 0.5 s health checks, not Ray's 5 of 3 s:
+    # the run waits on that verdict before its workers can be placed again.
+    health = {"health_check_period_ms": 500, "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "_system_config": health})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
     os.environ["RAY_ADDRESS"] = cluster.address  # joined, as a job on a cluster would be
     ray.init(address=cluster.address)
@@ -48,8 +53,13 @@ def main(results: str, temp_dir: str) -> None:
         refused = str(exc)
     train(cfg, info, run_id="plain")  # the real check passes: every node shares this disk
 
+    printed = io.StringIO()
     outcome, store = {}, ResultStore(results)
-    thread = threading.Thread(target=lambda: outcome.update(train(cfg, info, run_id="killed")))
+    def train_killed():
+        with contextlib.redirect_stdout(printed):
+            outcome.update(train(cfg, info, run_id="killed"))
+
+    thread = threading.Thread(target=train_killed)
     thread.start()
     killed = None
     while thread.is_alive():
@@ -68,6 +78,7 @@ def main(results: str, temp_dir: str) -> None:
         "gate_identical": bool(np.array_equal(gates["plain"], gates["killed"])),
         "blind_node": blind_node[:8],
         "refused": refused,
+        "last_progress": [line for line in printed.getvalue().splitlines() if "[killed] epoch" in line][-1:],
     }))
     ray.shutdown()
     cluster.shutdown()

@@ -91,10 +91,15 @@ class ProgressFeed:
     """The driver's end: a Ray queue the workers put into and a thread that prints from it."""
 
     def __init__(self, line: ProgressLine):
+        import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.line = line
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        # On the driver's node: a queue on a worker's node would die with that node, and the
+        # driver would go silent for the rest of a run that Ray Train recovers.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain, daemon=True)
 
@@ -109,6 +114,7 @@ class ProgressFeed:
         self.queue.shutdown()
 
     def _drain(self) -> None:
+        from ray.exceptions import RayError
         from ray.util.queue import Empty
 
         while True:
@@ -118,6 +124,8 @@ class ProgressFeed:
                 if self._stop.is_set():
                     return
                 continue
+            except RayError:  # the queue is gone: progress stops, the run does not
+                return
             kind, *payload = message
             getattr(self.line, kind)(*payload)
 
