@@ -35,6 +35,35 @@ head_pids() {
   pgrep -f -- "ray.util.client.server --address=127.0.0.1:$port " || true
 }
 
+bucket_pids() {
+  # $1: raylet, gcs, or rest (every other process of this head)
+  local pid args
+  for pid in $(head_pids | sort -u); do
+    args="$(ps -o args= -p "$pid" 2>/dev/null)" || continue
+    case "$1:$args" in
+      raylet:*/raylet/raylet\ *|gcs:*/gcs/gcs_server\ *) echo "$pid" ;;
+      rest:*/raylet/raylet\ *|rest:*/gcs/gcs_server\ *) ;;
+      rest:*) echo "$pid" ;;
+    esac
+  done
+}
+
+stop_bucket() {
+  # SIGTERM, up to 5 s to exit, then SIGKILL.
+  local pids alive pid
+  pids="$(bucket_pids "$1")"
+  [ -z "$pids" ] && return 0
+  kill $pids 2>/dev/null || true
+  for _ in $(seq 50); do
+    alive=""
+    for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive="$alive $pid"; done
+    [ -z "$alive" ] && return 0
+    sleep 0.1
+  done
+  kill -9 $alive 2>/dev/null || true
+  forced=" (forced)"
+}
+
 print_addresses() {
   cat <<EOF
 Ray head on 127.0.0.1
@@ -71,15 +100,13 @@ case "${1:-}" in
     print_addresses
     ;;
   stop)
-    pids="$(head_pids | sort -u)"
-    if [ -z "$pids" ]; then echo "no head running from $temp_dir"; exit 0; fi
-    kill $pids 2>/dev/null || true
-    for _ in $(seq 50); do
-      [ -z "$(head_pids)" ] && { echo "stopped the head in $temp_dir"; exit 0; }
-      sleep 0.2
-    done
-    kill -9 $(head_pids) 2>/dev/null || true
-    echo "stopped the head in $temp_dir (forced)"
+    if [ -z "$(head_pids)" ]; then echo "no head running from $temp_dir"; exit 0; fi
+    # In `ray stop`'s order: the raylet (its workers and agents share its fate), then the rest,
+    # the GCS last. SIGTERM to all at once leaves the GCS and raylet waiting on each other ~10 s.
+    forced=""
+    for bucket in raylet rest gcs; do stop_bucket "$bucket"; done
+    if [ -n "$(head_pids)" ]; then kill -9 $(head_pids) 2>/dev/null || true; forced=" (forced)"; fi
+    echo "stopped the head in $temp_dir$forced"
     ;;
   status)
     if [ -n "$(head_pids)" ]; then print_addresses; else echo "no head running from $temp_dir"; exit 1; fi
