@@ -16,7 +16,6 @@ import pyarrow as pa
 from csg.config import TrainConfig, preset_changes
 from csg.data import unread_options
 from csg.method.gate import classes_without_filters, empty_classes_note
-from csg.method.mutual_info import mi_matrix, mis
 from csg.store.results import RUN_SUMMARY_SCHEMA, ResultStore, schema_of_dataclass
 
 SCORE = "test_acc"  # what a run's best checkpoint and a sweep's best trial maximise
@@ -64,6 +63,10 @@ def write_final(store: ResultStore, run_id: str, cfg: TrainConfig, features: dic
                 gate: np.ndarray | None, history: list[dict], g: float) -> dict:
     """The end of a run: its MI matrix (fast, exact) from the test-set GAP features, the `mi`
     and `gates` tables, and the `runs` summary fields they and the epoch history determine."""
+    # Here, not at the top: scikit-learn and numba take ~1 s to import, and only rank 0 at a
+    # run's end needs them, not the driver, the other ranks or Ray Train's controller.
+    from csg.method.mutual_info import mi_matrix, mis
+
     matrix = mi_matrix(features["features"], features["labels"], num_classes, cfg.mi_neighbors, cfg.seed)
     write_mi(store, run_id, matrix)
     if gate is not None:
