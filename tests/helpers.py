@@ -26,7 +26,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_ARGS = ["--preset", "digits-resnet20", "--workers", "2", "--epochs", "6", "--period", "2",
-               "--lambda2", "0.2", "--seed", "3", "--batch-size", "32"]
+               "--lambda2", "0.2", "--seed", "3", "--batch-size", "64"]
 
 
 def documented_columns(table: str) -> dict[str, str]:
