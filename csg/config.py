@@ -171,10 +171,12 @@ def validate(cfg: TrainConfig, fixed_gate_classes: int | None = None) -> data_li
     """Check every option against the others and the data; raise ConfigError on the first problem.
 
     Reads only metadata (class folders, pickle headers), except that CIFAR-10/100 is downloaded
-    into --data (default ./data) when it is absent and the network allows. `fixed_gate_classes`
+    into --data (default ./data) when it is absent and the network allows (a failed download
+    leaves nothing behind). `fixed_gate_classes`
     is the class count of the gate_stats a --fixed-gate-from gate was sized from."""
     _check_values(cfg)
     _check_files(cfg)
+    _check_spec(cfg)  # before the data, which may mean a download
     try:
         data_lib.prepare(cfg.dataset, cfg.data or data_lib.DEFAULT_DATA_ROOT)
         info = data_lib.describe(cfg.dataset, cfg.data or data_lib.DEFAULT_DATA_ROOT)
@@ -214,6 +216,16 @@ def _check_files(cfg: TrainConfig) -> None:
         _fail("augment", "applies to imagefolder only (the other data sets have their own)", cfg.augment)
     if cfg.data is not None and not Path(cfg.data).is_dir():
         _fail("data", "is not a directory" if Path(cfg.data).exists() else "directory does not exist", cfg.data)
+
+
+def _check_spec(cfg: TrainConfig) -> None:
+    """The model spec resolves to a factory: a name, an installed package, an importable module."""
+    from csg.method.models import ModelSpecError, model_factory
+
+    try:
+        model_factory(cfg.model)
+    except ModelSpecError as exc:
+        _fail("model", str(exc), cfg.model)
 
 
 def _check_model(cfg: TrainConfig, info: data_lib.DatasetInfo) -> int:

@@ -24,20 +24,53 @@ CASES = {
     "unknown augmentation": (["--augment", "zoom"], "--augment"),
     "augmentation of a data set with its own": (["--augment", "crop"], "--augment"),
     "abbreviated option": (["--epoch", "3"], "--epoch"),
-    "data that is a file": (["--data", __file__], "is not a directory"),
+    "data that is a file": (["--data", __file__], "--data", "is not a directory"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_option_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys):
-    argv, option = CASES[case]
-    results = tmp_path / "results"
+def test_bad_option_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
+    argv, option, *words = CASES[case]
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        job_main("train_cifar")(["--preset", "digits-resnet20", "--results", str(results), *argv])
+        job_main("train_cifar")(["--preset", "digits-resnet20", "--results", "results", *argv])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert len(err.strip().splitlines()) == 1 and option in err
-    assert not results.exists()
+    assert len(err.strip().splitlines()) == 1 and option in err and all(word in err for word in words)
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even in the working directory
+
+
+@pytest.fixture
+def offline_cifar(monkeypatch):
+    """torchvision's CIFAR download as it fails part way: its folder made, a partial archive
+    written, then a URLError."""
+    import urllib.error
+    from pathlib import Path
+
+    import torchvision
+
+    def fail(root, **_):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b partial")
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fail)
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "cifar10: cannot download"),  # into ./data, which the download made
+    (["--model", "vgg99"], "--model"),  # the model is checked before any download is tried
+    (["--data", "mine"], "cifar10: cannot download"),  # into a folder of one's own
+])
+def test_cifar_that_cannot_be_fetched_leaves_nothing_behind(argv, message, offline_cifar, tmp_path, capsys,
+                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        job_main("train_cifar")(["--results", "results", *argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine"]  # no ./data, no archive, no results
 
 
 def test_imagefolder_missing_split_is_named(tmp_path, capsys):

@@ -5,6 +5,7 @@ costs about 2 s (it loads torch._dynamo), which a command on the embedded data n
 from __future__ import annotations
 
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -88,14 +89,32 @@ def cifar_present(name: str, root: str | None) -> bool:
 
 
 def download_cifar(name: str, root: str) -> None:
-    """Fetch CIFAR through torchvision when online; offline, say which files are expected."""
+    """Fetch CIFAR through torchvision when online; offline, say which files are expected. A
+    download that fails leaves nothing behind: the folders it made and any partial archive go."""
     from torchvision import datasets as tv_datasets
 
     cls = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
+    made = _first_missing(Path(root))
+    before = set(Path(root).iterdir()) if made is None else set()
     try:
         cls(root, train=True, download=True)
     except Exception as exc:  # torchvision raises URLError, OSError or RuntimeError offline
+        for path in [made] if made is not None else set(Path(root).iterdir()) - before:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         raise DataError(f"{name}: cannot download ({exc}); {_cifar_expected(name, root)}") from exc
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (None when `path` exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
 
 
 def _cifar_split(name, root, train, transform):
