@@ -90,8 +90,19 @@ def test_a_class_without_filters_is_named_in_the_balance_and_summary_lines():
     summary = {"epochs_completed": 2, "final_acc": 0.9, "best_acc": 0.9, "mis": 0.2, "l1_density": 0.3,
                "l1_interval_low": 0.25, "l1_interval_high": 0.25, "wall_time_s": 3.0}
     lines = summary_line("r", TrainConfig(method="csg"), {**summary, "classes_without_filters": [2]}).splitlines()
-    assert len(lines) == 2 and lines[1].strip().startswith("class 2 owns no filter (G > 0.5)")
-    assert len(summary_line("r", TrainConfig(method="csg"), {**summary, "classes_without_filters": []}).splitlines()) == 1
+    assert len(lines) == 3 and lines[2].strip().startswith("class 2 owns no filter (G > 0.5)")
+    assert len(summary_line("r", TrainConfig(method="csg"), {**summary, "classes_without_filters": []}).splitlines()) == 2
+
+
+@pytest.mark.parametrize("density, words", [(0.25, "inside [1/C, g/(CK)] = [0.25, 0.25] (the gate reached"),
+                                            (0.3, "outside [1/C, g/(CK)] = [0.25, 0.25] (the gate is not yet")])
+def test_the_summary_line_says_what_each_number_means(density, words):
+    summary = {"epochs_completed": 2, "final_acc": 0.9, "best_acc": 0.95, "mis": 0.2, "l1_density": density,
+               "l1_interval_low": 0.25, "l1_interval_high": 0.25, "wall_time_s": 3.0}
+    numbers = summary_line("r", TrainConfig(method="csg"), summary).splitlines()[1]
+    assert "accuracy 0.9000 (best 0.9500; higher is better)" in numbers
+    assert "MIS 0.2000 (higher is more class-specific)" in numbers and f"L1-density {density:.4f} {words}" in numbers
+    assert "L1-density" not in summary_line("r", TrainConfig(method="std"), summary)
 
 
 @pytest.mark.parametrize("density, verdict", [(0.1005, "inside"), (0.4, "outside")])

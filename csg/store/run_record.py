@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from csg.config import TrainConfig, preset_changes
 from csg.data import unread_options
-from csg.method.gate import classes_without_filters, empty_classes_note
+from csg.method.gate import classes_without_filters, empty_classes_note, inside_interval
 from csg.store.results import RUN_SUMMARY_SCHEMA, ResultStore, schema_of_dataclass
 
 SCORE = "test_acc"  # what a run's best checkpoint and a sweep's best trial maximise
@@ -138,15 +138,21 @@ def _as_flag(name: str, value) -> str:
 
 
 def summary_line(run_id: str, cfg: TrainConfig, summary: dict) -> str:
-    density = "" if cfg.method == "std" else (
-        f", L1-density {summary['l1_density']:.4f} (interval [{summary['l1_interval_low']:.4g}, "
-        f"{summary['l1_interval_high']:.4g}])"
+    """The run's last line: each number with what it means (docs/results.md has them all)."""
+    line = (
+        f"run {run_id} finished: {summary['epochs_completed']} epochs, {summary['wall_time_s']:.0f} s; "
+        f"tables under {cfg.results}\n"
+        f"  accuracy {summary['final_acc']:.4f} (best {summary['best_acc']:.4f}; higher is better), "
+        f"MIS {summary['mis']:.4f} (higher is more class-specific)"
     )
-    return (
-        f"run {run_id} finished: {summary['epochs_completed']} epochs, "
-        f"accuracy {summary['final_acc']:.4f} (best {summary['best_acc']:.4f}), "
-        f"MIS {summary['mis']:.4f}{density}, {summary['wall_time_s']:.0f} s; tables under {cfg.results}"
-    ) + (f"\n  {note}" if (note := empty_classes_note(summary.get("classes_without_filters", []))) else "")
+    if cfg.method == "csg":
+        low, high = summary["l1_interval_low"], summary["l1_interval_high"]
+        reached = inside_interval(summary["l1_density"], low, high)
+        line += (f", L1-density {summary['l1_density']:.4f} {'inside' if reached else 'outside'} "
+                 f"[1/C, g/(CK)] = [{low:.4g}, {high:.4g}] "
+                 f"({'the gate reached its sparsity target' if reached else 'the gate is not yet as sparse as g asks'})")
+    note = empty_classes_note(summary.get("classes_without_filters", []))
+    return line + (f"\n  {note}" if note else "")
 
 
 def timestamp() -> str:
