@@ -13,7 +13,7 @@ from csg.data.voc import PAPER_CLASSES, VocError, prepare
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(description=summary(__doc__), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(description=summary(__doc__))
     parser.add_argument("--voc", required=True, help="VOC2010 folder holding JPEGImages/ and ImageSets/Main/")
     parser.add_argument("--parts", required=True, help="Pascal-Part's Annotations_Part/ folder of .mat files")
     parser.add_argument("--out", required=True, help="output tree: train/, val/, masks/ and manifest.parquet")

@@ -27,8 +27,7 @@ from csg.store.results import ResultStore
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(description=summary(__doc__),
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(description=summary(__doc__))
     parser.add_argument("--results", default="results", help="results root")
     parser.add_argument("--epochs", type=int, default=PRESETS["digits-resnet20"]["epochs"],
                         help="epochs per run")

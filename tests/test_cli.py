@@ -1,5 +1,6 @@
 """The training jobs' command line: help that shows the preset in force, the recipe a
 --dataset brings, and a start line that names the preset and what was changed from it."""
+import argparse
 import re
 import runpy
 
@@ -65,3 +66,13 @@ def test_every_jobs_and_benchmarks_help_opens_with_its_whole_first_paragraph(scr
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
     assert summary(module["__doc__"]).endswith(".") and summary(module["__doc__"]) in " ".join(out.split())
+    assert "(default: None)" not in out and "(default: --" not in out  # each default once, as it applies
+
+
+def test_every_analysis_subcommands_help_shows_each_default_once(capsys):
+    analyze = runpy.run_path(str(REPO / "jobs" / "analyze.py"))
+    commands = next(a for a in analyze["get_args_parser"]()._actions if isinstance(a, argparse._SubParsersAction))
+    assert len(commands.choices) >= 8
+    for name, parser in commands.choices.items():
+        text = parser.format_help()
+        assert "(default: None)" not in text and "(default: --" not in text, (name, text)
