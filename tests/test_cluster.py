@@ -68,7 +68,9 @@ def test_jobs_at_once_on_one_results_root_all_finish_with_every_row_readable(loc
 
     runs = pd.read_parquet(results / "runs")
     assert len(runs) == 3 and set(runs["status"]) == {"finished"}
-    assert runs.set_index("run_id").loc["tree", "dataset"] == "imagefolder"
+    tree_run = runs.set_index("run_id").loc["tree"]  # train_imagenet.py's preset on a tiny tree
+    assert tree_run["dataset"] == "imagefolder" and tree_run["preset"] == "imagenet-resnet18"
+    assert tree_run["model"] == "resnet18" and tree_run["num_filters"] == 512 and tree_run["batch_size"] == 6
     for table in ("epochs", "gates", "mi"):
         frame = pd.read_parquet(results / table)
         assert set(frame["run_id"].astype(str)) == set(runs["run_id"].astype(str)), table

@@ -23,10 +23,11 @@ def test_the_readme_commands_that_need_no_data_run_as_written(readme_runs):
     folder, printed = readme_runs
     runs = pd.read_parquet(folder / "results" / "runs")
     trainings = [c for c in printed if c.startswith("python jobs/train_cifar.py") and "--help" not in c]
-    assert len(runs) == len(trainings) + 1 and set(runs["status"]) == {"finished"}  # + the sweep's trial
+    assert len(runs) == len(trainings) + 4  # + the sweep's trials, which ASHA may have stopped early
+    assert set(runs["status"]) <= {"finished", "stopped"} and "finished" in set(runs["status"])
     status = next(out for command, out in printed.items() if "jobs/status.py" in command)
     assert all(run_id in status for run_id in runs["run_id"].astype(str))
     listing = next(out for command, out in printed.items() if "read_parquet" in command)
-    assert listing.count("finished") == len(runs)
+    assert listing.count("finished") + listing.count("stopped") == len(runs)
     helped = next(out for command, out in printed.items() if "--help" in command)
     assert "imagefolder-resnet18" in helped and "(default: 60)" in helped
