@@ -109,10 +109,10 @@ def test_ray_job_stop_records_interrupted_and_a_resubmit_resumes_each_epoch_once
 
 @pytest.mark.separate_ray
 def test_soak_short_form_leaves_the_head_as_it_found_it(local_head, tmp_path):
-    """bench/soak.py's short form on this module's head, after the jobs above: a run, an idle
-    gap, then a sweep with two trials at a time; no placement group, actor or worker process
-    left behind, the head's memory within bound, every run's rows present."""
-    soak = subprocess.run([sys.executable, str(REPO / "bench" / "soak.py"), "--attach", "--runs", "1", "--gap-s", "2",
+    """bench/soak.py's short form on this module's head, after the jobs above (so the runs of
+    a longer soak are those tests' jobs): a sweep with two trials at a time; no placement group,
+    actor or worker process left behind, the head's memory within bound, every run's rows present."""
+    soak = subprocess.run([sys.executable, str(REPO / "bench" / "soak.py"), "--attach", "--runs", "0",
                            "--trials", "2", "--results", str(tmp_path / "results")],
                           env=local_head.env, capture_output=True, text=True, timeout=600)
     assert soak.returncode == 0, soak.stdout[-3000:] + soak.stderr[-2000:]

@@ -16,7 +16,7 @@ from PIL import Image
 from analysis.catalog import STUDIES
 from tests.helpers import Terminal, documented_columns, job_main, written_columns
 
-# The first test here trains the quickstart's two runs (~40 s on 2 workers); then each reads them.
+# The first test here trains the quickstart's two runs (~45 s); then each reads them.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 SECTIONS = ["overview", "training", "fig4", *STUDIES, "localization", "adversarial", "blackbox", "gate_stats", "tune"]
@@ -33,7 +33,7 @@ def quickstart(ray_local, tmp_path_factory):
     os.chdir(parent)
     try:
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
-            table = job_main("quickstart")(["--results", "results", "--epochs", "15", "--workers", "2"])
+            table = job_main("quickstart")(["--results", "results", "--epochs", "15"])
     finally:
         os.chdir(cwd)
     return parent / "results", table, printed.getvalue() + errors.getvalue()
