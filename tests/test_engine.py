@@ -1,4 +1,5 @@
 import math
+import time
 
 import pytest
 import torch
@@ -145,3 +146,23 @@ def test_a_non_finite_loss_never_reaches_the_weights():
                                opts["std"], loss_of(cfg), CPU)
     for (name, mine), theirs in zip(model.named_parameters(), reference.parameters()):
         assert torch.equal(mine, theirs), name  # step 0 applied, the NaN step 1 not
+
+
+class _Delayed:
+    """A loader whose every batch arrives `delay` seconds late."""
+
+    def __init__(self, loader, delay: float):
+        self.loader, self.delay = loader, delay
+
+    def __iter__(self):
+        for batch in self.loader:
+            time.sleep(self.delay)
+            yield batch
+
+
+def test_the_wait_for_data_is_timed_on_the_host_within_the_epoch():
+    cfg, model, gate, opts = engine_setup()
+    prompt = engine.train_one_epoch(model, gate, toy_loader(), "std", opts["std"], loss_of(cfg), CPU)
+    late = engine.train_one_epoch(model, gate, _Delayed(toy_loader(), 0.05), "std", opts["std"], loss_of(cfg), CPU)
+    assert 4 * 0.05 <= late.data_wait_s <= late.seconds  # 4 batches, each 50 ms late
+    assert late.data_wait_s / late.seconds > 0.5 > prompt.data_wait_s / prompt.seconds

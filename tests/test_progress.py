@@ -87,3 +87,9 @@ def test_trial_events_pickle_after_ray_train_replaced_print(monkeypatch):
     monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)
     events = pickle.loads(pickle.dumps(TrialEvents(epochs=3)))
     assert events.epochs == 3 and events.say.__module__ == "csg.distributed.trial_events"
+
+
+def test_the_line_shows_the_share_of_time_spent_waiting_for_data():
+    line = ProgressLine("r", 10, io.StringIO())
+    assert "data_wait 12%" in line.format({**_row(2), "data_wait": 0.123}, 1500.0, eta_s=5)
+    assert "data_wait" not in line.format({**_row(2), "data_wait": math.nan}, 1500.0, eta_s=5)  # an older row

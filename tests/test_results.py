@@ -6,7 +6,7 @@ import pytest
 
 from csg.config import TrainConfig
 from csg.store.results import ResultStore
-from csg.store.run_record import RUNS_SCHEMA, write_run
+from csg.store.run_record import RUNS_SCHEMA, write_epochs, write_run
 from tests.helpers import documented_columns, written_columns
 
 
@@ -78,3 +78,15 @@ def test_a_run_records_the_data_options_its_data_set_ignores_as_null(dataset, nu
     row = store.read("runs", "r").iloc[0]
     assert {name for name in ("data", "image_size", "augment", "skip_bad_images") if pd.isna(row[name])} == null
     assert row["epochs"] == TrainConfig().epochs  # the options every data set reads stay
+
+
+def test_rows_from_a_checkpoint_of_an_earlier_version_keep_a_null_data_wait(tmp_path):
+    """A run resumed from a checkpoint written before the `data_wait` column: its old rows say
+    nothing about the wait, the new ones do."""
+    old = {"epoch": 0, "path": "std", "lr_std": 0.1, "lr_csg": 0.1, "loss_total": 1.0, "loss_ce_std": 1.0,
+           "loss_ce_csg": float("nan"), "loss_sparsity": float("nan"), "train_acc": 0.5, "test_acc": 0.5,
+           "l1_density": 1.0, "epoch_time_s": 2.0, "skipped_images": 0}
+    store = ResultStore(str(tmp_path))
+    write_epochs(store, "r", [old, {**old, "epoch": 1, "data_wait": 0.25}])
+    waits = store.read("epochs", "r")["data_wait"].tolist()
+    assert np.isnan(waits[0]) and waits[1] == 0.25

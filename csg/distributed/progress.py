@@ -50,6 +50,8 @@ class ProgressLine:
         if not math.isnan(row["l1_density"]):
             parts.append(f"l1_density {row['l1_density']:.4f}")
         parts.append(f"{images_per_s:,.0f} img/s")
+        if not math.isnan(row.get("data_wait", math.nan)):
+            parts.append(f"data_wait {row['data_wait']:.0%}")
         last = row["epoch"] + 1 == self.epochs
         parts.append(f"{row['epoch_time_s']:.1f}s/epoch" if last else f"ETA {_duration(eta_s)}")
         return "  ".join(parts)

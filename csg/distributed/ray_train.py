@@ -163,6 +163,7 @@ def _train_epoch(worker: _Worker, epoch: int, run_id: str, store: ResultStore, h
         "train_acc": mean(stats.train_acc),
         "test_acc": test_acc, "l1_density": l1_density(w.gate.matrix.detach()) if w.gate is not None else math.nan,
         "epoch_time_s": stats.seconds,
+        "data_wait": mean(stats.data_wait_s / max(stats.seconds, 1e-9)),
         "skipped_images": _sum_across(len(w.sampler) - stats.samples, w.world, w.device),
     }
     history.append(row)

@@ -110,6 +110,7 @@ class EpochStats:
     train_acc: float = 0.0
     seconds: float = 0.0
     samples: int = 0
+    data_wait_s: float = 0.0  # of `seconds`, spent waiting for the loader's next batch
 
 
 @dataclass(frozen=True)
@@ -137,13 +138,17 @@ def train_one_epoch(model: nn.Module, gate: ClassSpecificGate | None, loader, pa
     all-reduce). That check is the step's only host synchronisation: losses and the accuracy
     count are summed on the device and read once, at the end of the epoch. `precision` runs the
     network under autocast; G and the sparsity term stay in fp32.
+
+    The time spent waiting for the loader is the host's wall time inside its `next()`: the
+    step's host synchronisation has already waited for the device, so no read is added for it.
     """
     model.train()
     zero = torch.zeros((), device=device)
     sums = torch.zeros(len(LOSS_TERMS) + 1, dtype=torch.float64, device=device)  # the terms, then correct
     seen = 0
+    waited = WaitClock()
     start = time.perf_counter()
-    for step, (images, labels) in enumerate(loader):
+    for step, (images, labels) in enumerate(waited.over(loader)):
         images = precision.images(images.to(device, non_blocking=True))
         labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -162,7 +167,28 @@ def train_one_epoch(model: nn.Module, gate: ClassSpecificGate | None, loader, pa
         with torch.no_grad():
             sums[:-1] += torch.stack([terms.get(name, zero).detach().double() for name in LOSS_TERMS]) * n
             sums[-1] += (logits.argmax(1) == labels).sum()
-    return _epoch_stats(sums, seen, path, time.perf_counter() - start)
+    stats = _epoch_stats(sums, seen, path, time.perf_counter() - start)
+    stats.data_wait_s = waited.seconds
+    return stats
+
+
+class WaitClock:
+    """Wall time a loop spends inside its iterable's `next()`: how long training waited for data."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def over(self, iterable):
+        batches = iter(iterable)
+        while True:
+            begin = time.perf_counter()
+            try:
+                item = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - begin
+            yield item
 
 
 def _path_loss(model, gate, images, labels, path: str, loss: CSGLoss, precision: Precision):

@@ -33,6 +33,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("test_acc", pa.float64()),
             ("l1_density", pa.float64()),
             ("epoch_time_s", pa.float64()),
+            ("data_wait", pa.float64()),
             ("skipped_images", pa.int64()),
         ]
     ),

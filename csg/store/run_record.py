@@ -16,7 +16,7 @@ import pyarrow as pa
 from csg.config import TrainConfig, preset_changes
 from csg.data import unread_options
 from csg.method.gate import classes_without_filters, empty_classes_note, inside_interval
-from csg.store.results import RUN_SUMMARY_SCHEMA, ResultStore, schema_of_dataclass
+from csg.store.results import RUN_SUMMARY_SCHEMA, SCHEMAS, ResultStore, schema_of_dataclass
 
 SCORE = "test_acc"  # what a run's best checkpoint and a sweep's best trial maximise
 
@@ -40,7 +40,9 @@ def model_tag(spec: str) -> str:
 
 
 def write_epochs(store: ResultStore, run_id: str, history: list[dict]) -> None:
-    store.write("epochs", run_id, pd.DataFrame(history))
+    """A run's rows so far; a column its older rows lack (a checkpoint of an earlier version) is null."""
+    columns = SCHEMAS["epochs"].names
+    store.write("epochs", run_id, pd.DataFrame(history).reindex(columns=columns))
 
 
 def write_gates(store: ResultStore, run_id: str, gate: np.ndarray) -> None:
