@@ -32,25 +32,34 @@ def submit(function, *args, num_gpus: float = 0):
 
 def fan_out(name: str, calls: dict, progress=True, num_gpus: float = 0, on_result=None) -> dict:
     """Run `calls` (key -> (function, args)) as Ray tasks; key -> result, in the order of
-    `calls`. A progress line on stderr per finished task, or with `on_result` a call
-    `on_result(key, result, done, total)` instead. A StudyError raised in a task is raised
-    here as itself. Arguments may be object refs (of `ray.put`, `submit` or other tasks)."""
+    `calls`. With `progress`, a line on stderr: on a terminal, rewritten as each task finishes
+    and erased at the end, where the caller's results follow; in a log, one line at the end.
+    With `on_result`, a call `on_result(key, result, done, total)` instead. A StudyError raised
+    in a task is raised here as itself. Arguments may be object refs (of `ray.put`, `submit` or
+    other tasks)."""
     results, start = {}, time.time()
+    terminal = progress and on_result is None and sys.stderr.isatty()
+
+    def line() -> str:
+        return f"{name}: {len(results)}/{len(calls)} tasks ({time.time() - start:.1f} s)"
 
     def finished(key, result):
         results[key] = result
         if on_result is not None:
             on_result(key, result, len(results), len(calls))
-        elif progress:
-            sys.stderr.write(f"\r{name}: {len(results)}/{len(calls)} tasks ({time.time() - start:.1f} s)")
+        elif terminal:
+            sys.stderr.write(f"\r{line()}")
+            sys.stderr.flush()
 
     if _IN_PROCESS.get():
         for key, (function, args) in calls.items():
             finished(key, function(*args))
     else:
         _gather(calls, num_gpus, finished)
-    if progress and on_result is None:
-        sys.stderr.write("\n")
+    if terminal:
+        sys.stderr.write("\r" + " " * len(line()) + "\r")
+    elif progress and on_result is None:
+        sys.stderr.write(line() + "\n")
     return {key: results[key] for key in calls}
 
 

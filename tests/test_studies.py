@@ -217,3 +217,22 @@ def test_ray_auto_keeps_ray_for_a_cluster_many_runs_and_heavy_analyses(monkeypat
     assert not ANALYSES["studies"].in_process(few, "on")
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
     assert not ANALYSES["masking"].in_process(few)
+
+
+@pytest.mark.parametrize("on_a_terminal", [True, False])
+def test_a_fan_outs_progress_is_erased_on_a_terminal_and_one_line_in_a_log(on_a_terminal, monkeypatch):
+    import io
+
+    from analysis.fan_out import fan_out, in_process
+    from tests.helpers import Terminal
+
+    err = Terminal() if on_a_terminal else io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    with in_process():
+        assert fan_out("squares", {k: (pow, (k, 2)) for k in range(3)}) == {0: 0, 1: 1, 2: 4}
+    text = err.getvalue()
+    if on_a_terminal:  # rewritten per task, then blanked: the caller's results take its place
+        assert text.count("\r") == 3 + 2 and "\n" not in text and text.endswith(" \r")
+        assert "squares: 3/3 tasks" in text
+    else:
+        assert text.startswith("squares: 3/3 tasks (") and text.count("\n") == 1 and "\r" not in text
