@@ -6,8 +6,8 @@ in the same run, and, with `--device cuda`, the batched `torchvision.io.decode_j
     python bench/decode.py                  # CPU decoders, about a minute on this 2-core CPU
     python bench/decode.py --device cuda    # adds the batched GPU decode (also in bench/gpu.sh)
 
-The images are written in memory: scikit-learn's two sample photographs, cut and rescaled at
-random to ImageNet's typical size (short side 333-375, long side 500, quality 90). Each CPU path
+The images are written in memory (`csg.testing.photos`): scikit-learn's two sample photographs,
+cut and rescaled at random to ImageNet's typical size (long side 500, short side 333-375, quality 90). Each CPU path
 runs on one thread, so its img/s is img/s per core; the uint8 paths stop at a uint8 tensor, since
 their conversion and normalisation happen on the device after the copy. `mad_vs_ref` is the mean
 absolute difference (0-255) from the reference on the same crop box. The last line is the summary.
@@ -21,34 +21,16 @@ import time
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.datasets import load_sample_images
 from torchvision import io as tv_io
 from torchvision import transforms as v1
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from csg.cli import summary
+from csg.testing.photos import photo_jpegs
 
 SIZE, EVAL_RESIZE = 224, 256
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def imagenet_like_jpegs(count: int, seed: int = 0) -> list[bytes]:
-    """Random cuts of the sample photographs, rescaled to ImageNet's common 500 x 333-375."""
-    rng = np.random.default_rng(seed)
-    photos = [Image.fromarray(p) for p in load_sample_images().images]
-    out = []
-    for _ in range(count):
-        photo = photos[rng.integers(len(photos))]
-        w, h = int(rng.integers(300, photo.width)), int(rng.integers(240, photo.height))
-        left, top = int(rng.integers(0, photo.width - w + 1)), int(rng.integers(0, photo.height - h + 1))
-        short = int(rng.integers(333, 376))
-        size = (500, short) if rng.random() < 0.75 else (short, 500)
-        cut = photo.crop((left, top, left + w, top + h)).resize(size, Image.BICUBIC)
-        buffer = io.BytesIO()
-        cut.save(buffer, "JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
 
 
 def pil_decode(data: bytes) -> Image.Image:
@@ -138,7 +120,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cuda adds the batched decode on the GPU")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    jpegs = imagenet_like_jpegs(args.images)
+    jpegs = photo_jpegs(args.images)
     print(f"{len(jpegs)} JPEGs, mean {np.mean([len(j) for j in jpegs]) / 1e3:.0f} KB", flush=True)
     fields = {}
     for mode in ("train", "eval"):

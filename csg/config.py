@@ -23,6 +23,7 @@ class TrainConfig:
     num_classes: int | None = None
     image_size: int = 224
     augment: str | None = None  # imagefolder: imagenet | cifar | crop | none; default by image size
+    decode: str | None = None  # imagefolder training: uint8 | pil; default uint8
     model: str = "resnet20"
     layer: str | None = None  # the gated layer; default: the last feature map before global pooling
     weights: str | None = None
@@ -157,6 +158,7 @@ def preset_changes(cfg: TrainConfig) -> dict:
 CHOICES = {
     "dataset": data_lib.DATASET_CHOICES,
     "augment": data_lib.AUGMENTS,
+    "decode": data_lib.DECODES,
     "method": ("csg", "std"),
     "scheme": ("alternate", "joint"),
     "gate": ("learned", "fixed"),
@@ -212,9 +214,10 @@ def _check_values(cfg: TrainConfig) -> None:
 def _check_files(cfg: TrainConfig) -> None:
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         _fail("weights", "file does not exist", cfg.weights)
-    if cfg.augment is not None and cfg.dataset != "imagefolder":
-        _fail("augment", "applies to imagefolder only (the other data sets have their own)", cfg.augment)
-    if cfg.data is not None and not Path(cfg.data).is_dir():
+    for name in ("augment", "decode"):
+        if getattr(cfg, name) is not None and cfg.dataset != "imagefolder":
+            _fail(name, "applies to imagefolder only (the other data sets have their own)", getattr(cfg, name))
+    if cfg.data is not None and "://" not in cfg.data and not Path(cfg.data).is_dir():  # a URI: shards
         _fail("data", "is not a directory" if Path(cfg.data).exists() else "directory does not exist", cfg.data)
 
 

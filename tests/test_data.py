@@ -83,10 +83,15 @@ def test_padded_crops_shift_the_whole_image_by_at_most_an_eighth_and_flip_only_f
 
 def test_no_augmentation_is_the_whole_image_resized(tmp_path):
     root = make_imagefolder(tmp_path, per_class=(1, 1), size=40)
-    train, _ = data.load("imagefolder", str(root), image_size=32, augment="none")
+    evaluated = data.evaluation_set("imagefolder", str(root), "train", 32, augment="none")[0][0]
+    train, _ = data.load("imagefolder", str(root), image_size=32, augment="none", decode="pil")
     draws = _augmented(train, 4)
     assert all(torch.equal(draw, draws[0]) for draw in draws)
-    assert torch.equal(draws[0], data.evaluation_set("imagefolder", str(root), "train", 32, augment="none")[0][0])
+    assert torch.equal(draws[0], evaluated)
+    uint8, _ = data.load("imagefolder", str(root), image_size=32, augment="none")
+    image = uint8[0][0]
+    assert image.dtype == torch.uint8 and image.shape == evaluated.shape
+    assert (image.float() / 255 - evaluated).abs().mean() < 1 / 255
 
 
 def test_augmentation_follows_the_image_size_and_the_presets():

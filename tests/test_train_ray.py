@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 
 from tests.helpers import DIGITS_ARGS as ARGS
+from csg.data.shard_writer import write_shards
+from csg.testing.photos import write_photo_tree
 from tests.helpers import copy_results, job_main, make_imagefolder
 
 # Each run here trains on the session Ray: ~12-25 s, more where digits_run is trained first.
@@ -44,6 +46,21 @@ def test_train_cifar_on_an_imagefolder_tree_skips_and_counts_a_corrupt_image(ray
     assert row["status"] == "finished" and row["num_classes"] == 3
     assert len(pd.read_parquet(tmp_path / "r" / "gates")) == 3 * 64
     assert pd.read_parquet(tmp_path / "r" / "epochs")["skipped_images"].tolist() == [1, 1]
+
+
+def test_train_imagenet_streams_shards_from_a_uri_on_two_ranks(ray_local, tmp_path):
+    """ResNet-18 at 32 px, one epoch over 2 ranks with a loader process each, the shards read
+    through pyarrow's file system from a file:// URI as from an object store."""
+    tree = write_photo_tree(tmp_path / "tree", 3, 8, 2, long_side=64)
+    write_shards(str(tree), str(tmp_path / "shards"), shard_size=4, processes=1)
+    uri = (tmp_path / "shards").as_uri()
+    row = job_main("train_imagenet")(["--data", uri, "--workers", "2", "--epochs", "1", "--batch-size", "8",
+                                      "--image-size", "32", "--g-density", "0.5", "--loader-workers", "1",
+                                      "--results", str(tmp_path / "r")])
+    assert row["status"] == "finished" and row["num_classes"] == 3
+    runs = pd.read_parquet(tmp_path / "r" / "runs")
+    assert runs.loc[0, "data"] == uri and runs.loc[0, "model"] == "resnet18" and pd.isna(runs.loc[0, "decode"])
+    assert pd.read_parquet(tmp_path / "r" / "epochs")["skipped_images"].tolist() == [0]
 
 
 def test_rerun_of_a_run_id_resumes_from_its_latest_checkpoint(ray_local, tmp_path, capfd):

@@ -1,7 +1,8 @@
 """Data sets: the embedded `digits` and `digits-scenes`, CIFAR-10/100 pickles, and any ImageFolder tree.
 
-Every data set yields images in [0, 1] (models normalise inside) and comes with the
-mean/std its models should use. `describe` reads only what validation needs (class count,
+Every data set yields images in [0, 1] (models normalise inside; ImageFolder training images
+come as uint8 in [0, 255] unless `decode="pil"`) and comes with the mean/std its models
+should use. `describe` reads only what validation needs (class count,
 training-set size) so bad input is caught before Ray starts. Each family is one module that
 registers itself (`csg.data.registry`); the functions here dispatch on the `--dataset` name.
 """
@@ -13,11 +14,12 @@ from csg.data.cifar import CIFAR_FILES, cifar_present, download_cifar
 from csg.data.digits import digits_split
 from csg.data.imagefolder import (
     AUGMENTS,
+    DECODES,
     default_augment,
     evaluation_geometry,
     train_transform,
 )
-from csg.data.loading import collate_skipping_bad, loader_options, split_labels, stacked
+from csg.data.loading import collate_skipping_bad, loader_options, rank_input, split_labels, stacked
 from csg.data.registry import (
     DATA_OPTIONS,
     DEFAULT_DATA_ROOT,
@@ -31,9 +33,9 @@ from csg.data.scenes import scenes_split
 DATASET_CHOICES = ("digits", "digits-scenes", "cifar10", "cifar100", "imagefolder")  # as --help lists them
 
 __all__ = [
-    "AUGMENTS", "CIFAR_FILES", "DATASET_CHOICES", "DEFAULT_DATA_ROOT", "BadImageError", "DataError", "DatasetInfo",
+    "AUGMENTS", "CIFAR_FILES", "DECODES", "DATASET_CHOICES", "DEFAULT_DATA_ROOT", "BadImageError", "DataError", "DatasetInfo",
     "cifar_present", "collate_skipping_bad", "default_augment", "describe", "digits_split", "download_cifar",
-    "evaluation_geometry", "evaluation_masks", "evaluation_set", "load", "loader_options", "prepare",
+    "evaluation_geometry", "evaluation_masks", "evaluation_set", "load", "loader_options", "prepare", "rank_input",
     "scenes_split", "split_labels", "stacked", "train_transform", "unread_options",
 ]
 
@@ -43,14 +45,16 @@ def describe(name: str, root: str | None) -> DatasetInfo:
 
 
 def load(name: str, root: str | None, image_size: int = 224, skip_bad_images: bool = False,
-         augment: str | None = None) -> tuple[Dataset, Dataset]:
+         augment: str | None = None, decode: str | None = None) -> tuple[Dataset, Dataset]:
     """(train, test) with the standard augmentation of each data set on the training side.
 
     ImageFolder trees are augmented by `augment` (`train_transform`), by default the one that
-    fits `image_size`. With `skip_bad_images`, an unreadable ImageFolder file yields None
-    (dropped by `collate_skipping_bad`) instead of raising `BadImageError`.
+    fits `image_size`, and decoded by `decode` (`DECODES`; by default `uint8`: their training
+    images are uint8 tensors, made float on the device by `engine.device_pixels`). With
+    `skip_bad_images`, an unreadable ImageFolder file yields None (dropped by
+    `collate_skipping_bad`) instead of raising `BadImageError`.
     """
-    return family_of(name).load(name, root, image_size, skip_bad_images, augment)
+    return family_of(name).load(name, root, image_size, skip_bad_images, augment, decode)
 
 
 def evaluation_set(name: str, root: str | None, split: str = "test", image_size: int = 224,

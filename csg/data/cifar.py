@@ -43,7 +43,7 @@ class Cifar(DatasetFamily):
         size = sum(len(_cifar_labels(_unpickle(base / f))) for f in train_files)
         return DatasetInfo(10 if name == "cifar10" else 100, size, 3, *CIFAR_MEAN_STD)
 
-    def load(self, name, root, image_size, skip_bad_images, augment):
+    def load(self, name, root, image_size, skip_bad_images, augment, decode=None):
         from torchvision import transforms as T
 
         train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])

@@ -32,7 +32,7 @@ class Digits(DatasetFamily):
         x_train = digits_split()[0]
         return DatasetInfo(10, len(x_train), 1, (float(x_train.mean()),), (float(x_train.std()),))
 
-    def load(self, name, root, image_size, skip_bad_images, augment):
+    def load(self, name, root, image_size, skip_bad_images, augment, decode=None):
         x_train, x_test, y_train, y_test = digits_split()
         return (TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
                 TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test)))

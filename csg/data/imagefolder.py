@@ -1,5 +1,5 @@
 """Any ImageFolder tree (`train/` and `val/`, a folder per class), with object masks beside it
-for localization, and the augmentations that fit its image size."""
+for localization, or the same tree as shards; and the augmentations that fit its image size."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +16,7 @@ from csg.data.registry import (
     DatasetInfo,
     register,
 )
+from csg.data.shards import SPLITS, Manifest, ShardImages, ShardMasks, ShardStream, is_shard_dir
 
 if TYPE_CHECKING:  # torchvision is imported where it is used (see csg.data.cifar)
     from torchvision.transforms import Compose
@@ -24,6 +25,10 @@ if TYPE_CHECKING:  # torchvision is imported where it is used (see csg.data.cifa
 
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 AUGMENTS = ("imagenet", "cifar", "crop", "none")
+# How training images are decoded: `uint8` (torchvision's decoder, augmentation on uint8 tensors,
+# float on the device: bench/ingest.py) or `pil` (PIL and float transforms on the host, the
+# torchvision reference). Evaluation sets always go through PIL.
+DECODES = ("uint8", "pil")
 SMALL_IMAGE = 64  # below this side, ImageFolder defaults to the CIFAR recipe
 
 
@@ -35,34 +40,63 @@ def default_augment(image_size: int) -> str:
 
 @register
 class ImageFolderTree(DatasetFamily):
+    """A tree on disk, or the same tree written as shards (`csg.data.shards`): `--data` names
+    either, and a URI is always shards."""
+
     names = ("imagefolder",)
     reads = DATA_OPTIONS
 
     def describe(self, name, root):
+        if is_shard_dir(root):
+            manifest = Manifest.read(root)
+            return DatasetInfo(len(manifest.classes), len(manifest.rows("train")["key"]), 3, *IMAGENET_MEAN_STD)
         classes = imagefolder_classes(root)
         size = sum(1 for c in classes for p in (Path(root) / "train" / c).rglob("*") if p.is_file())
         return DatasetInfo(len(classes), size, 3, *IMAGENET_MEAN_STD)
 
-    def load(self, name, root, image_size, skip_bad_images, augment):
-        from csg.data.checked_folder import CheckedImageFolder
+    def load(self, name, root, image_size, skip_bad_images, augment, decode=None):
+        from csg.data.checked_folder import CheckedImageFolder, decode_uint8, read_uint8
 
-        imagefolder_classes(root)
         augment = augment or default_augment(image_size)
-        return (CheckedImageFolder(str(Path(root) / "train"), train_transform(image_size, augment), skip_bad_images),
-                self.evaluation_set(name, root, "test", image_size, skip_bad_images, augment))
+        uint8 = (decode or "uint8") == "uint8"
+        transform = train_transform_uint8(image_size, augment) if uint8 else train_transform(image_size, augment)
+        if is_shard_dir(root):
+            train = ShardStream(Manifest.read(root), "train", decode_uint8 if uint8 else decode_pil, transform,
+                                skip_bad_images)
+        else:
+            imagefolder_classes(root)
+            folder = str(Path(root) / "train")
+            train = CheckedImageFolder(folder, transform, skip_bad_images, read_uint8 if uint8 else None)
+        return train, self.evaluation_set(name, root, "test", image_size, skip_bad_images, augment)
 
     def evaluation_set(self, name, root, split, image_size, skip_bad_images, augment):
         from torchvision import transforms as T
 
+        eval_tf = T.Compose([*evaluation_geometry(image_size, augment), T.ToTensor()])
+        if is_shard_dir(root):
+            return ShardImages(Manifest.read(root), SPLITS[split], eval_tf, skip_bad_images)
         from csg.data.checked_folder import CheckedImageFolder
 
-        eval_tf = T.Compose([*evaluation_geometry(image_size, augment), T.ToTensor()])
-        folder = str(Path(root) / ("train" if split == "train" else "val"))
+        folder = str(Path(root) / SPLITS[split])
         return CheckedImageFolder(folder, eval_tf, skip_bad=skip_bad_images)
 
     def evaluation_masks(self, name, split, root, image_size, augment):
         images = self.evaluation_set(name, root, split, image_size, False, augment)
+        if is_shard_dir(root):
+            from torchvision import transforms as T
+
+            return ShardMasks(images, T.Compose(evaluation_geometry(image_size, augment, "nearest")))
         return MaskFolder(images, Path(root), image_size, augment)
+
+
+def decode_pil(data: torch.Tensor, name: str):
+    """Encoded bytes (a uint8 tensor) to a PIL RGB image, for the `pil` decode path from shards."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+        return image.convert("RGB")
 
 
 def train_transform(image_size: int, augment: str) -> Compose:
@@ -80,6 +114,23 @@ def train_transform(image_size: int, augment: str) -> Compose:
         if augment == "cifar":
             steps.append(T.RandomHorizontalFlip())
     return T.Compose([*steps, T.ToTensor()])
+
+
+def train_transform_uint8(image_size: int, augment: str):
+    """`train_transform` on (3, H, W) uint8 tensors, ending in uint8: the batch is copied to the
+    device at a quarter of float's size and made float there (`engine.device_pixels`).
+    Antialiased resizing, as PIL's, so the two paths agree to a few grey levels."""
+    from torchvision.transforms import v2
+
+    if augment == "imagenet":
+        steps = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        steps = [v2.Resize((image_size, image_size), antialias=True)]
+        if augment in ("cifar", "crop"):
+            steps.append(v2.RandomCrop(image_size, padding=image_size // 8))
+        if augment == "cifar":
+            steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
 
 
 def evaluation_geometry(image_size: int, augment: str | None = None, interpolation: str = "bilinear") -> list:

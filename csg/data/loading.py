@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset, default_collate
+from torch.utils.data import Dataset, DistributedSampler, IterableDataset, TensorDataset, default_collate
 
 
 def split_labels(dataset: Dataset) -> np.ndarray:
@@ -30,6 +30,16 @@ def loader_options(loader_workers: int, seed: int, rank: int, pin_memory: bool) 
     if loader_workers > 0:
         options.update(persistent_workers=True, prefetch_factor=4)
     return options
+
+
+def rank_input(train_set: Dataset, rank: int, world: int, seed: int):
+    """(sampler or None, epochs) for one rank's training DataLoader: `epochs.set_epoch(e)` before
+    each epoch reshuffles, and `len(epochs)` is what the rank reads per epoch. A streamed set
+    (shards) plans its own epochs; an indexed one gets a DistributedSampler."""
+    if isinstance(train_set, IterableDataset):
+        return None, train_set.for_rank(rank, world, seed)
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    return sampler, sampler
 
 
 def collate_skipping_bad(batch):

@@ -40,7 +40,7 @@ class DatasetFamily:
         raise NotImplementedError
 
     def load(self, name: str, root: str | None, image_size: int, skip_bad_images: bool,
-             augment: str | None) -> tuple[Dataset, Dataset]:
+             augment: str | None, decode: str | None = None) -> tuple[Dataset, Dataset]:
         """(train, test), the training side augmented."""
         raise NotImplementedError
 
@@ -57,7 +57,7 @@ class DatasetFamily:
         """Fetch what can be fetched before a run starts; nothing by default."""
 
 
-DATA_OPTIONS = ("data", "image_size", "augment", "skip_bad_images")
+DATA_OPTIONS = ("data", "image_size", "augment", "decode", "skip_bad_images")
 FAMILIES: dict[str, DatasetFamily] = {}
 
 

@@ -93,7 +93,7 @@ class DigitsScenes(DatasetFamily):
         train = scenes_split()["train"]["images"]
         return DatasetInfo(10, len(train), 1, (float(train.mean()),), (float(train.std()),))
 
-    def load(self, name, root, image_size, skip_bad_images, augment):
+    def load(self, name, root, image_size, skip_bad_images, augment, decode=None):
         return tuple(TensorDataset(torch.from_numpy(part["images"]), torch.from_numpy(part["labels"]))
                      for part in (scenes_split()["train"], scenes_split()["test"]))
 

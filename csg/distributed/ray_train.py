@@ -24,7 +24,7 @@ from ray.train import (
     ScalingConfig,
 )
 from ray.train.torch import TorchConfig, TorchTrainer
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset
 
 from csg import data as data_lib
 from csg.config import TrainConfig, resolved_g_density
@@ -49,7 +49,7 @@ class _Worker:
     device: torch.device
     info: data_lib.DatasetInfo
     test_set: Dataset
-    sampler: DistributedSampler
+    epochs: DistributedSampler | IterableDataset  # set_epoch(e); len: samples this rank reads per epoch
     train_loader: DataLoader
     test_loader: DataLoader
     model: torch.nn.Module
@@ -90,8 +90,9 @@ def _build_worker(cfg: TrainConfig) -> _Worker:
     torch.manual_seed(cfg.seed)
 
     info = data_lib.describe(cfg.dataset, cfg.data)
-    train_set, test_set = data_lib.load(cfg.dataset, cfg.data, cfg.image_size, cfg.skip_bad_images, cfg.augment)
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    train_set, test_set = data_lib.load(cfg.dataset, cfg.data, cfg.image_size, cfg.skip_bad_images, cfg.augment,
+                                         cfg.decode)
+    sampler, epochs = data_lib.rank_input(train_set, rank, world, cfg.seed)
     loader_kw = data_lib.loader_options(cfg.loader_workers, cfg.seed, rank, device.type == "cuda")
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size // world, sampler=sampler, **loader_kw)
     # Each rank scores a disjoint slice of the test set; the counts are summed, so no padding.
@@ -106,7 +107,7 @@ def _build_worker(cfg: TrainConfig) -> _Worker:
         gate.to(device)
     optimizers = engine.build_optimizers(model, gate, cfg)
     g = g_from_density(resolved_g_density(cfg, info.num_classes), info.num_classes, model.num_filters)
-    return _Worker(cfg, rank, world, device, info, test_set, sampler, train_loader, test_loader, model, gate,
+    return _Worker(cfg, rank, world, device, info, test_set, epochs, train_loader, test_loader, model, gate,
                    precision, optimizers, engine.build_schedulers(optimizers, cfg), engine.CSGLoss.of(cfg, g))
 
 
@@ -140,7 +141,7 @@ def _train_epoch(worker: _Worker, epoch: int, run_id: str, store: ResultStore, h
     """One epoch, its row in `history`, and its report (with a checkpoint from rank 0); the
     divergence message instead when the loss stopped being finite."""
     w, cfg = worker, worker.cfg
-    w.sampler.set_epoch(epoch)
+    w.epochs.set_epoch(epoch)
     path = engine.epoch_path(epoch, cfg)
     try:
         stats = engine.train_one_epoch(
@@ -164,7 +165,7 @@ def _train_epoch(worker: _Worker, epoch: int, run_id: str, store: ResultStore, h
         "test_acc": test_acc, "l1_density": l1_density(w.gate.matrix.detach()) if w.gate is not None else math.nan,
         "epoch_time_s": stats.seconds,
         "data_wait": mean(stats.data_wait_s / max(stats.seconds, 1e-9)),
-        "skipped_images": _sum_across(len(w.sampler) - stats.samples, w.world, w.device),
+        "skipped_images": _sum_across(len(w.epochs) - stats.samples, w.world, w.device),
     }
     history.append(row)
     metrics = {"epoch": epoch, run_record.SCORE: test_acc}
