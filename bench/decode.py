@@ -1,14 +1,15 @@
 """What one loader core gets through per second, by JPEG decoder, for images of ImageNet's size at
 224 px: the training transform (RandomResizedCrop + flip) and the evaluation one (resize 256 +
 centre crop 224), each against today's path (PIL + `transforms.v1`, float ToTensor + Normalize)
-in the same run, and, with `--device cuda`, the batched `torchvision.io.decode_jpeg` on the GPU.
+in the same run, and, with `--device cuda`, `--decode gpu`'s batched decode, crop and flip on the
+GPU (`batched_gpu_img_s`; `batched_cpu_img_s_core` is the same code on one CPU thread).
 
     python bench/decode.py                  # CPU decoders, about a minute on this 2-core CPU
     python bench/decode.py --device cuda    # adds the batched GPU decode (also in bench/gpu.sh)
 
-The images are written in memory (`csg.testing.photos`): scikit-learn's two sample photographs,
-cut and rescaled at random to ImageNet's typical size (long side 500, short side 333-375, quality 90). Each CPU path
-runs on one thread, so its img/s is img/s per core; the uint8 paths stop at a uint8 tensor, since
+The images are written in memory (`csg.testing.photos`): scikit-learn's two sample
+photographs, cut and rescaled at random to ImageNet's typical size (long side 500, short side
+333-375, quality 90). Each CPU path runs on one thread, so its img/s is img/s per core; the uint8 paths stop at a uint8 tensor, since
 their conversion and normalisation happen on the device after the copy. `mad_vs_ref` is the mean
 absolute difference (0-255) from the reference on the same crop box. The last line is the summary.
 """
@@ -27,6 +28,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from csg.cli import summary
+from csg.data.device_decode import Encoded, EncodedBatch
+from csg.data.imagefolder import train_transform_uint8
+from csg.method.engine import device_pixels
 from csg.testing.photos import photo_jpegs
 
 SIZE, EVAL_RESIZE = 224, 256
@@ -80,32 +84,20 @@ def agreement(jpegs: list[bytes], decode, seed: int = 0) -> float:
     return float(np.mean(diffs))
 
 
-def decode_batch(jpegs: list[torch.Tensor], device: str, generator: torch.Generator) -> torch.Tensor:
-    """Decode a batch on `device`, crop each image at a random box, flip half, and normalise in
-    bf16: the whole training transform where the pixels land."""
-    images = tv_io.decode_jpeg(jpegs, mode=tv_io.ImageReadMode.RGB, device=device)
-    out = torch.empty(len(images), 3, SIZE, SIZE, device=device)
-    for n, image in enumerate(images):
-        top, left, h, w = v2.RandomResizedCrop.get_params(image, (0.08, 1.0), (3 / 4, 4 / 3))
-        crop = F.resized_crop(image.float(), top, left, h, w, [SIZE, SIZE], antialias=True)
-        out[n] = crop.flip(-1) if torch.rand((), generator=generator) < 0.5 else crop
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
-    return ((out - mean) / std).to(torch.bfloat16)
-
-
 def batched_img_s(jpegs: list[bytes], device: str, batch: int, passes: int) -> float:
-    encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs]
-    batches = [encoded[i:i + batch] for i in range(0, len(encoded), batch)]
-    generator = torch.Generator().manual_seed(0)
-    decode_batch(batches[0], device, generator)  # warm-up: the decoder's handles and kernels
+    """`--decode gpu`'s own code (csg.data.device_decode) on `device`: a batch decoded in one
+    call, each image cropped, resized and flipped there, then made float as the engine does."""
+    encoded = [Encoded(torch.frombuffer(bytearray(data), dtype=torch.uint8), str(n)) for n, data in enumerate(jpegs)]
+    transform = train_transform_uint8(SIZE, "imagenet")
+    batches = [EncodedBatch(encoded[i:i + batch], transform) for i in range(0, len(encoded), batch)]
+    device_pixels(batches[0], torch.device(device))  # warm-up: the decoder's handles and kernels
     best = float("inf")
     for _ in range(passes):
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         for chunk in batches:
-            decode_batch(chunk, device, generator)
+            device_pixels(chunk, torch.device(device))
         if device == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)

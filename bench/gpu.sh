@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The training step's fast paths on one GPU, in under 8 minutes: ResNet-18 at 224 px, batch 256,
 # with AMP off, bf16 and fp16, then bf16 with channels-last, then that compiled; ResNet-20 at
-# CIFAR's 32 px with AMP off and bf16; first, JPEG decode per loader core against the batched
-# decode on the GPU (bench/decode.py). One summary line per variant (`decode:`, `steps:`) goes
+# CIFAR's 32 px with AMP off and bf16; first, JPEG decode per loader core against `--decode gpu`'s
+# batched decode, crop and flip on the GPU (bench/decode.py, csg.data.device_decode). One summary line per variant (`decode:`, `steps:`) goes
 # to the file named by $1 (default bench-gpu.txt), the full output to that name plus .log.
 #
 #   bench/gpu.sh /tmp/gpu.txt

@@ -7,7 +7,9 @@ for training; resize 256, centre crop, ToTensor, Normalize for evaluation).
     python bench/ingest.py --tree /tmp/photos    # keep the written tree for the next run
 
 Paths: `fast` is `--decode uint8` (torchvision's decoder, transforms.v2 on uint8, float made on
-the device); `shards` reads the same tree written by jobs/prepare_shards.py (short side 320).
+the device); `shards` reads the same tree written by jobs/prepare_shards.py (short side 320);
+`raydata` is `--ingest ray-data` over those shards, its tasks on a local Ray with as many CPUs
+as the DataLoader has workers.
 The tree is JPEGs the benchmark writes (`csg.testing.photos`: cuts of scikit-learn's sample
 photographs at ImageNet's shapes, quality 90). Each path runs `--loader-workers` processes of
 one thread, so img/s per core is its img/s over the workers (the process that takes the
@@ -30,6 +32,7 @@ from torchvision.transforms import v2
 
 from csg import data as data_lib
 from csg.cli import summary
+from csg.config import TrainConfig
 from csg.data.checked_folder import CheckedImageFolder, read_uint8
 from csg.data.shard_writer import write_shards
 from csg.testing.photos import write_photo_tree
@@ -54,6 +57,24 @@ def images_per_second(dataset, workers: int) -> float:
     seen, start = 0, time.perf_counter()
     for images, _ in loader:
         seen += len(images)
+    return seen / (time.perf_counter() - start)
+
+
+def ray_data_pipeline(shards: str, cpus: int):
+    """`--ingest ray-data`'s dataset over the shards, on a local Ray of `cpus` CPUs: its decoding
+    tasks get as many cores as the DataLoader's workers."""
+    from csg.distributed.cluster import init_ray
+    from csg.distributed.ray_data import training_dataset
+
+    init_ray(num_cpus=cpus, include_dashboard=False)
+    return training_dataset(TrainConfig(dataset="imagefolder", data=shards, image_size=SIZE))
+
+
+def ray_images_per_second(dataset) -> float:
+    """One pass of the pipeline as a Train worker takes it, its tasks' start included."""
+    seen, start = 0, time.perf_counter()
+    for batch in dataset.iter_torch_batches(batch_size=BATCH, device="cpu"):
+        seen += len(batch["label"])
     return seen / (time.perf_counter() - start)
 
 
@@ -96,13 +117,16 @@ def main(argv=None) -> dict:
             "ref_eval": datasets.ImageFolder(str(root / "train"), REFERENCE["eval"]),
             "fast_eval": CheckedImageFolder(str(root / "train"), UINT8_EVAL, loader=read_uint8),
         }
-        rates = dict.fromkeys(paths, 0.0)
+        ray_dataset = ray_data_pipeline(f"{scratch}/shards", w)
+        rates = dict.fromkeys([*paths, "raydata_train"], 0.0)
         for _ in range(args.passes):  # interleaved, so a slow spell of the machine hits every path
             for name, dataset in paths.items():
                 rates[name] = max(rates[name], images_per_second(dataset, w))
+            rates["raydata_train"] = max(rates["raydata_train"], ray_images_per_second(ray_dataset))
     fields = {f"{name}_img_s_core": rate / w for name, rate in rates.items()}
     fields["fast_over_ref"] = rates["fast_train"] / rates["ref_train"]
     fields["shards_over_ref"] = rates["shards_train"] / rates["ref_train"]
+    fields["raydata_over_shards"] = rates["raydata_train"] / rates["shards_train"]
     fields["fast_eval_over_ref"] = rates["fast_eval"] / rates["ref_eval"]
     fields["shard_bytes_share"] = written["shard_bytes"] / written["source_bytes"]
     best = max(rate for name, rate in rates.items() if name.endswith("_train")) / w

@@ -32,8 +32,13 @@ HELP = {
                "(cifar without the flip: digits, text), none; the others evaluate the whole image resized. "
                "Unset: cifar below 64 px, imagenet from 64 px",
     "decode": "imagefolder training images: uint8 (torchvision's libjpeg-turbo decoder, augmentation on uint8, "
-              "float on the device: 1.5-2x the images per loader core, bench/ingest.py) or pil (PIL and float "
-              "transforms, torchvision's reference path); evaluation always uses PIL. Unset, uint8",
+              "float on the device: about 2x the images per loader core, bench/ingest.py), pil (PIL and float "
+              "transforms, torchvision's reference path) or gpu (with --gpu: each batch's JPEGs decoded together "
+              "on the GPU, cropped and flipped there; the loader only reads files); evaluation always uses PIL. "
+              "Unset, uint8",
+    "ingest": "how imagefolder training images reach the workers: loader (a DataLoader in each worker, "
+              "--loader-workers processes) or ray-data (Ray Data tasks on any node with CPUs decode and "
+              "augment, each worker takes an equal part: CPU-only nodes can decode for GPU nodes)",
     "model": "network: resnet20/32/56/110 (K = 64), alexnet (256), resnet18/34 (512), resnet50/101/152 (2048), "
              "torchvision:NAME (any torchvision classifier), timm:NAME (with the timm extra), or "
              "package.module:callable (callable(num_classes) -> nn.Module, importable on every node)",

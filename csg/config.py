@@ -23,7 +23,8 @@ class TrainConfig:
     num_classes: int | None = None
     image_size: int = 224
     augment: str | None = None  # imagefolder: imagenet | cifar | crop | none; default by image size
-    decode: str | None = None  # imagefolder training: uint8 | pil; default uint8
+    decode: str | None = None  # imagefolder training: uint8 | pil | gpu; default uint8
+    ingest: str = "loader"  # loader (a DataLoader per worker) | ray-data (imagefolder only)
     model: str = "resnet20"
     layer: str | None = None  # the gated layer; default: the last feature map before global pooling
     weights: str | None = None
@@ -159,6 +160,7 @@ CHOICES = {
     "dataset": data_lib.DATASET_CHOICES,
     "augment": data_lib.AUGMENTS,
     "decode": data_lib.DECODES,
+    "ingest": ("loader", "ray-data"),
     "method": ("csg", "std"),
     "scheme": ("alternate", "joint"),
     "gate": ("learned", "fixed"),
@@ -217,6 +219,14 @@ def _check_files(cfg: TrainConfig) -> None:
     for name in ("augment", "decode"):
         if getattr(cfg, name) is not None and cfg.dataset != "imagefolder":
             _fail(name, "applies to imagefolder only (the other data sets have their own)", getattr(cfg, name))
+    if cfg.ingest == "ray-data" and cfg.dataset != "imagefolder":
+        _fail("ingest", "ray-data reads imagefolder trees and their shards only", cfg.ingest)
+    if cfg.decode == "gpu":
+        if not cfg.gpu:
+            _fail("decode", "gpu decodes on the workers' GPUs: add --gpu", cfg.decode)
+        if cfg.skip_bad_images or cfg.ingest == "ray-data":
+            _fail("decode", "gpu cannot skip bad images or decode in Ray Data's tasks: use --decode uint8 there",
+                  cfg.decode)
     if cfg.data is not None and "://" not in cfg.data and not Path(cfg.data).is_dir():  # a URI: shards
         _fail("data", "is not a directory" if Path(cfg.data).exists() else "directory does not exist", cfg.data)
 

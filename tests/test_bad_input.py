@@ -23,6 +23,9 @@ CASES = {
     "non-numeric epochs": (["--epochs", "many"], "--epochs"),
     "unknown augmentation": (["--augment", "zoom"], "--augment"),
     "augmentation of a data set with its own": (["--augment", "crop"], "--augment"),
+    "decode of a data set with its own": (["--decode", "pil"], "--decode"),
+    "unknown decode": (["--decode", "turbo"], "--decode"),
+    "ray data ingest of digits": (["--ingest", "ray-data"], "--ingest", "imagefolder"),
     "abbreviated option": (["--epoch", "3"], "--epoch"),
     "data that is a file": (["--data", __file__], "--data", "is not a directory"),
 }
@@ -135,3 +138,14 @@ def test_seeds_options_are_checked_before_the_data_set_is_read(argv, tmp_path, c
         job_main("seeds_cifar")(["--results", "results", *argv])
     assert exit_info.value.code == 2 and argv[0] in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_decoding_on_the_gpu_without_one_is_one_line(tmp_path, capsys, monkeypatch):
+    tree = make_imagefolder(tmp_path / "tree")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        job_main("train_cifar")(["--dataset", "imagefolder", "--data", str(tree), "--decode", "gpu",
+                                 "--results", "results"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "--decode" in err and "--gpu" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]

@@ -80,7 +80,7 @@ def test_tree_and_shards_give_the_same_classes_and_counts_by_every_decode(tree, 
     expected = Counter(label for _, label in _epoch(data.load("imagefolder", str(tree), 32, decode="pil")[0]))
     assert sum(expected.values()) == 48 and len(expected) == 3
     for root in (tree, shards):
-        for decode in data.DECODES:
+        for decode in ("uint8", "pil"):  # gpu: test_decoding_on_the_device_gives_the_uint8_paths_pixels
             items = _epoch(data.load("imagefolder", str(root), 32, decode=decode)[0], workers=2)
             assert Counter(label for _, label in items) == expected, (root, decode)
             assert items[0][0].dtype == (torch.uint8 if decode == "uint8" else torch.float32)
@@ -107,6 +107,19 @@ def _plans(counts, world, workers, seed, epoch) -> dict:
 
 def _per_rank(plans, world, workers) -> list[int]:
     return [sum(end - start for w in range(workers) for _, start, end in plans[r, w]) for r in range(world)]
+
+
+def test_a_new_epoch_reaches_loader_processes_that_persist(shards):
+    """The epoch is shared memory: processes kept across epochs read the one set after their start."""
+    stream = data.load("imagefolder", str(shards), 32, augment="none")[0]
+    sampler, epochs = data.rank_input(stream, 1, 2, seed=3)
+    loader = DataLoader(stream, batch_size=4, num_workers=2, persistent_workers=True)
+    orders = []
+    for epoch in (0, 1, 0):
+        epochs.set_epoch(epoch)
+        orders.append([hash(image.numpy().tobytes()) for images, _ in loader for image in images])
+    assert len(orders[0]) == len(orders[1]) == len(epochs) == 24
+    assert orders[0] != orders[1] and orders[2] == orders[0]  # reshuffled, and seeded from (seed, epoch)
 
 
 @settings(max_examples=200, deadline=None)
@@ -235,3 +248,42 @@ def test_prepare_shards_rewrites_its_own_tree_and_reports_the_bytes(tree, tmp_pa
 def test_a_shard_directory_without_a_manifest_is_one_line(tmp_path):
     with pytest.raises(DataError, match="holds no readable shards.parquet"):
         data.describe("imagefolder", (tmp_path / "nothing").as_uri())
+
+
+def _gpu_decoded_batches(train, batch_size=6):
+    """What the engine trains on under --decode gpu, here decoded on the CPU device."""
+    from csg.method.engine import device_pixels
+
+    loader = DataLoader(train, batch_size=batch_size, collate_fn=train.collate_fn)
+    return [(device_pixels(batch, torch.device("cpu")), labels) for batch, labels in loader]
+
+
+@pytest.mark.parametrize("source", ["tree", "shards"])
+def test_decoding_on_the_device_gives_the_uint8_paths_pixels(tree, shards, source):
+    """Unaugmented, each image is the whole image resized: the batched decode on the device and
+    the host's uint8 decode see the same libjpeg-turbo pixels and the same resize."""
+    root = str(tree if source == "tree" else shards)
+    on_device = _gpu_decoded_batches(data.load("imagefolder", root, 32, augment="none", decode="gpu")[0])
+    images = torch.cat([images for images, _ in on_device])
+    labels = torch.cat([labels for _, labels in on_device])
+    reference = list(data.load("imagefolder", root, 32, augment="none", decode="uint8")[0])  # in the same order
+    expected = torch.stack([image for image, _ in reference]).float() / 255
+    assert images.dtype == torch.float32 and images.shape == (48, 3, 32, 32)
+    assert torch.equal(images, expected) and labels.tolist() == [label for _, label in reference]
+
+
+def test_a_file_the_batched_decoder_cannot_read_is_decoded_alone_or_named(tmp_path):
+    from csg.data.device_decode import EncodedBatch, read_encoded
+    from csg.data.imagefolder import train_transform_uint8
+
+    root = write_photo_tree(tmp_path / "tree", 1, 3, 1, long_side=64)
+    files = sorted((root / "train").rglob("*.jpg"))
+    Image.open(files[0]).save(tmp_path / "a.png")  # not a JPEG: decoded alone, through the host's decoder
+    transform = train_transform_uint8(32, "none")
+    batch = EncodedBatch([read_encoded(str(tmp_path / "a.png")), *map(read_encoded, map(str, files[1:]))], transform)
+    images = batch.on_device(torch.device("cpu"))
+    assert images.shape == (3, 3, 32, 32) and images.dtype == torch.uint8
+    (tmp_path / "bad.jpg").write_bytes(files[1].read_bytes()[:40])  # a JPEG's header, then nothing
+    broken = EncodedBatch([read_encoded(str(f)) for f in (files[0], tmp_path / "bad.jpg")], transform)
+    with pytest.raises(BadImageError, match="bad.jpg"):
+        broken.on_device(torch.device("cpu"))

@@ -1,6 +1,9 @@
 """Ray Train end to end on digits: 2 DDP workers, tables, checkpoints, rerun-and-resume, bad data.
 A lost worker and its recovery: tests/test_fault_tolerance.py (a node removed under a rank)."""
+import os
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -8,7 +11,7 @@ import pytest
 from tests.helpers import DIGITS_ARGS as ARGS
 from csg.data.shard_writer import write_shards
 from csg.testing.photos import write_photo_tree
-from tests.helpers import copy_results, job_main, make_imagefolder
+from tests.helpers import REPO, copy_results, job_main, make_imagefolder
 
 # Each run here trains on the session Ray: ~12-25 s, more where digits_run is trained first.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -48,19 +51,42 @@ def test_train_cifar_on_an_imagefolder_tree_skips_and_counts_a_corrupt_image(ray
     assert pd.read_parquet(tmp_path / "r" / "epochs")["skipped_images"].tolist() == [1, 1]
 
 
-def test_train_imagenet_streams_shards_from_a_uri_on_two_ranks(ray_local, tmp_path):
-    """ResNet-18 at 32 px, one epoch over 2 ranks with a loader process each, the shards read
-    through pyarrow's file system from a file:// URI as from an object store."""
+@pytest.mark.separate_ray
+@pytest.mark.timeout(300)
+def test_ray_data_decodes_shards_from_a_uri_for_two_ranks_of_resnet18(tmp_path):
+    """--ingest ray-data, one epoch of ResNet-18 at 32 px on 2 ranks, on a Ray of 4 logical
+    CPUs: the Train workers take 2, Ray Data's decoding tasks the rest, reading the shards
+    through pyarrow from a file:// URI as from an object store. The job joins the Ray its
+    launcher started, as under `ray job submit`. (The DataLoader's reading of shards across
+    ranks and loader processes is tests/test_ingest.py's.)"""
     tree = write_photo_tree(tmp_path / "tree", 3, 8, 2, long_side=64)
     write_shards(str(tree), str(tmp_path / "shards"), shard_size=4, processes=1)
     uri = (tmp_path / "shards").as_uri()
-    row = job_main("train_imagenet")(["--data", uri, "--workers", "2", "--epochs", "1", "--batch-size", "8",
-                                      "--image-size", "32", "--g-density", "0.5", "--loader-workers", "1",
-                                      "--results", str(tmp_path / "r")])
-    assert row["status"] == "finished" and row["num_classes"] == 3
+    argv = ["--data", uri, "--ingest", "ray-data", "--workers", "2", "--epochs", "1", "--batch-size", "8",
+            "--image-size", "32", "--g-density", "0.5", "--loader-workers", "0", "--results", str(tmp_path / "r")]
+    launcher = ("import runpy; from csg.distributed.cluster import init_ray; init_ray(num_cpus=4); "
+                f"runpy.run_path('jobs/train_imagenet.py')['main']({argv!r})")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", launcher], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=280)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     runs = pd.read_parquet(tmp_path / "r" / "runs")
-    assert runs.loc[0, "data"] == uri and runs.loc[0, "model"] == "resnet18" and pd.isna(runs.loc[0, "decode"])
-    assert pd.read_parquet(tmp_path / "r" / "epochs")["skipped_images"].tolist() == [0]
+    assert runs.loc[0, "status"] == "finished" and runs.loc[0, "model"] == "resnet18"
+    assert runs.loc[0, "data"] == uri and runs.loc[0, "ingest"] == "ray-data" and pd.isna(runs.loc[0, "decode"])
+    epochs = pd.read_parquet(tmp_path / "r" / "epochs")
+    assert epochs["skipped_images"].tolist() == [0]  # each rank read its equal half of the 24 images
+
+
+def test_ray_data_without_cpus_beside_the_workers_is_one_line(ray_local, tmp_path, capsys):
+    tree = write_photo_tree(tmp_path / "tree", 3, 4, 1, long_side=64)
+    with pytest.raises(SystemExit) as exit_info:
+        job_main("train_imagenet")(["--data", str(tree), "--ingest", "ray-data", "--workers", "2", "--epochs", "1",
+                                    "--batch-size", "4", "--image-size", "32", "--g-density", "0.5",
+                                    "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert "--ingest: ray-data decodes in tasks of their own, but the cluster's 2 CPUs all go" in err
+    assert not (tmp_path / "r" / "runs").exists()
 
 
 def test_rerun_of_a_run_id_resumes_from_its_latest_checkpoint(ray_local, tmp_path, capfd):

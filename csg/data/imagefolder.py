@@ -26,9 +26,10 @@ if TYPE_CHECKING:  # torchvision is imported where it is used (see csg.data.cifa
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 AUGMENTS = ("imagenet", "cifar", "crop", "none")
 # How training images are decoded: `uint8` (torchvision's decoder, augmentation on uint8 tensors,
-# float on the device: bench/ingest.py) or `pil` (PIL and float transforms on the host, the
-# torchvision reference). Evaluation sets always go through PIL.
-DECODES = ("uint8", "pil")
+# float on the device: bench/ingest.py), `pil` (PIL and float transforms on the host, the
+# torchvision reference) or `gpu` (csg.data.device_decode: batched on the training device).
+# Evaluation sets always go through PIL.
+DECODES = ("uint8", "pil", "gpu")
 SMALL_IMAGE = 64  # below this side, ImageFolder defaults to the CIFAR recipe
 
 
@@ -57,16 +58,23 @@ class ImageFolderTree(DatasetFamily):
     def load(self, name, root, image_size, skip_bad_images, augment, decode=None):
         from csg.data.checked_folder import CheckedImageFolder, decode_uint8, read_uint8
 
+        from csg.data.device_decode import CollateEncoded, keep_encoded, read_encoded
+
         augment = augment or default_augment(image_size)
-        uint8 = (decode or "uint8") == "uint8"
-        transform = train_transform_uint8(image_size, augment) if uint8 else train_transform(image_size, augment)
+        decode = decode or "uint8"
+        transform = train_transform(image_size, augment) if decode == "pil" else train_transform_uint8(image_size,
+                                                                                                        augment)
+        # On the host: each image decoded and transformed; with --decode gpu, only read.
+        on_host = None if decode == "gpu" else transform
         if is_shard_dir(root):
-            train = ShardStream(Manifest.read(root), "train", decode_uint8 if uint8 else decode_pil, transform,
-                                skip_bad_images)
+            decoder = {"uint8": decode_uint8, "pil": decode_pil, "gpu": keep_encoded}[decode]
+            train = ShardStream(Manifest.read(root), "train", decoder, on_host, skip_bad_images)
         else:
             imagefolder_classes(root)
-            folder = str(Path(root) / "train")
-            train = CheckedImageFolder(folder, transform, skip_bad_images, read_uint8 if uint8 else None)
+            reader = {"uint8": read_uint8, "pil": None, "gpu": read_encoded}[decode]
+            train = CheckedImageFolder(str(Path(root) / "train"), on_host, skip_bad_images, reader)
+        if decode == "gpu":
+            train.collate_fn = CollateEncoded(transform)  # the training DataLoader's (csg.data.loading)
         return train, self.evaluation_set(name, root, "test", image_size, skip_bad_images, augment)
 
     def evaluation_set(self, name, root, split, image_size, skip_bad_images, augment):

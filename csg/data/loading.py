@@ -20,12 +20,14 @@ def stacked(dataset: Dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([image for image, _ in pairs]), torch.as_tensor([int(label) for _, label in pairs])
 
 
-def loader_options(loader_workers: int, seed: int, rank: int, pin_memory: bool) -> dict:
+def loader_options(loader_workers: int, seed: int, rank: int, pin_memory: bool, dataset: Dataset | None = None) -> dict:
     """DataLoader keywords for training: workers kept alive across epochs and prefetching,
     pinned memory on a GPU (the engine copies with non_blocking), and each rank's workers
     seeded from (seed, rank): PyTorch derives every worker's torch, random and numpy seeds
-    from it, so augmentation differs across workers and ranks yet repeats from run to run."""
-    options = dict(num_workers=loader_workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad,
+    from it, so augmentation differs across workers and ranks yet repeats from run to run.
+    A `dataset` with a `collate_fn` of its own (`--decode gpu`) collates with it."""
+    collate = getattr(dataset, "collate_fn", collate_skipping_bad)
+    options = dict(num_workers=loader_workers, pin_memory=pin_memory, collate_fn=collate,
                    generator=torch.Generator().manual_seed(seed * 10_007 + rank))
     if loader_workers > 0:
         options.update(persistent_workers=True, prefetch_factor=4)

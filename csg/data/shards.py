@@ -1,7 +1,7 @@
-"""An ImageFolder tree as WebDataset-style tar shards: each image resized once, read as a stream.
+"""An ImageFolder tree as WebDataset-style tar shards, each image shrunk once: read back here.
 
-A shard directory holds `train-000000.tar`, ..., `val-000000.tar`, ... and `shards.parquet`, the manifest.
-In a shard, sample `key` is the members `key.jpg` (the image, short side at most
+A shard directory holds `train-000000.tar`, ..., `val-000000.tar`, ... and `shards.parquet`,
+the manifest (csg.data.shard_writer writes them). In a shard, sample `key` is the members `key.jpg` (the image, short side at most
 `short_side`), `key.cls` (its class index, ASCII) and, when the tree has masks, `key.mask.png`:
 the `webdataset` format, so other tools read the shards as they are. Samples are written in a
 seeded random order, so every shard mixes the classes and a small shuffle buffer suffices.
@@ -76,7 +76,7 @@ class Manifest:
         fs, base = filesystem(root)
         try:
             table = pq.read_table(f"{base}/{MANIFEST}", filesystem=fs)
-        except (OSError, FileNotFoundError) as exc:
+        except (OSError, ValueError) as exc:  # absent, or not Parquet
             raise DataError(f"--data: {root} holds no readable {MANIFEST} (jobs/prepare_shards.py writes it): "
                             f"{exc}") from None
         columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
@@ -181,14 +181,14 @@ class ShardStream(IterableDataset):
         epoch = int(self._epoch)
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
         buffer = []
-        for sample in self._decoded(epoch_plan(self.counts, self.seed, epoch, self.rank, self.world, worker, workers)):
+        for sample in self.decoded(epoch_plan(self.counts, self.seed, epoch, self.rank, self.world, worker, workers)):
             buffer.append(sample)
             if len(buffer) >= self.shuffle_buffer:
                 yield buffer.pop(int(rng.integers(len(buffer))))
         rng.shuffle(buffer)
         yield from buffer
 
-    def _decoded(self, plan):
+    def decoded(self, plan):
         """The plan's samples, decoded. A shard cut short loses the samples past its end: named,
         or with skip_bad left out (the epoch's count of skipped images includes them)."""
         for index, start, end in plan:
@@ -209,7 +209,8 @@ class ShardStream(IterableDataset):
 
     def _sample(self, shard: str, key: str, data: torch.Tensor, label: int):
         try:
-            return self.transform(self.decode(data, f"{shard}:{key}")), label
+            image = self.decode(data, f"{shard}:{key}")
+            return (image if self.transform is None else self.transform(image)), label
         except (OSError, ValueError) as exc:
             if self.skip_bad:
                 return None

@@ -12,6 +12,7 @@ from csg.distributed.cluster import (
     init_ray,
 )
 from csg.distributed.progress import ProgressFeed, ProgressLine
+from csg.distributed.ray_data import check_cpus_left, check_ingest
 from csg.distributed.stop_signals import StopSignals
 from csg.method.gate import l1_interval
 from csg.store import checkpoint as ckpt_lib
@@ -48,6 +49,7 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None, callba
     RunInterrupted.
     """
     check_relative_paths({"results": cfg.results, "storage": cfg.storage})
+    check_ingest(cfg)
     cfg = with_absolute_paths(cfg)
     run_id = run_id or cfg.run_id or run_record.new_run_id(cfg)
     store = ResultStore(cfg.results)
@@ -61,6 +63,7 @@ def train(cfg: TrainConfig, info: DatasetInfo, run_id: str | None = None, callba
         raise StorageError(f"--results: cannot write under {cfg.results}: {first_line(exc)}") from None
     try:
         init_ray()
+        check_cpus_left(cfg)
         check_visible_from_every_node({"results": cfg.results, "storage": cfg.storage_path})
         return _train_leased(cfg, info, run_id, store, callbacks, show_progress)
     finally:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from csg import data as data_lib
 from csg.config import TrainConfig, resolved_g_density
-from csg.distributed import progress
+from csg.distributed import progress, ray_data
 from csg.method import engine
 from csg.method.features import gap_features
 from csg.method.gate import ClassSpecificGate, FixedGate, g_from_density, l1_density
@@ -49,8 +49,8 @@ class _Worker:
     device: torch.device
     info: data_lib.DatasetInfo
     test_set: Dataset
-    epochs: DistributedSampler | IterableDataset  # set_epoch(e); len: samples this rank reads per epoch
-    train_loader: DataLoader
+    epochs: DistributedSampler | IterableDataset | ray_data.WorkerBatches  # set_epoch(e); len: samples per epoch
+    train_loader: DataLoader | ray_data.WorkerBatches
     test_loader: DataLoader
     model: torch.nn.Module
     gate: ClassSpecificGate | None
@@ -92,12 +92,18 @@ def _build_worker(cfg: TrainConfig) -> _Worker:
     info = data_lib.describe(cfg.dataset, cfg.data)
     train_set, test_set = data_lib.load(cfg.dataset, cfg.data, cfg.image_size, cfg.skip_bad_images, cfg.augment,
                                          cfg.decode)
-    sampler, epochs = data_lib.rank_input(train_set, rank, world, cfg.seed)
-    loader_kw = data_lib.loader_options(cfg.loader_workers, cfg.seed, rank, device.type == "cuda")
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size // world, sampler=sampler, **loader_kw)
+    if cfg.ingest == "ray-data":
+        train_loader = epochs = ray_data.WorkerBatches(ray.train.get_dataset_shard(ray_data.DATASET),
+                                                       cfg.batch_size // world, info.train_size // world)
+    else:
+        sampler, epochs = data_lib.rank_input(train_set, rank, world, cfg.seed)
+        train_loader = DataLoader(train_set, batch_size=cfg.batch_size // world, sampler=sampler,
+                                  **data_lib.loader_options(cfg.loader_workers, cfg.seed, rank, device.type == "cuda",
+                                                            train_set))
     # Each rank scores a disjoint slice of the test set; the counts are summed, so no padding.
     test_shard = Subset(test_set, range(rank, len(test_set), world))
-    test_loader = DataLoader(test_shard, batch_size=cfg.batch_size // world, **loader_kw)
+    test_loader = DataLoader(test_shard, batch_size=cfg.batch_size // world,
+                             **data_lib.loader_options(cfg.loader_workers, cfg.seed, rank, device.type == "cuda"))
 
     model = build_model(cfg.model, info.num_classes, info.in_channels, info.mean, info.std, cfg.weights, cfg.layer)
     gate = make_gate(cfg, info.num_classes, model.num_filters)
@@ -303,6 +309,7 @@ def fit(cfg: TrainConfig, run_id: str, callbacks=(), progress_queue=None) -> tup
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "run_id": run_id, "progress": progress_queue},
+        datasets={ray_data.DATASET: ray_data.training_dataset(cfg)} if cfg.ingest == "ray-data" else None,
         torch_config=TorchConfig(backend="nccl" if cfg.gpu else "gloo"),
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
