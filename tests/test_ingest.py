@@ -287,3 +287,15 @@ def test_a_file_the_batched_decoder_cannot_read_is_decoded_alone_or_named(tmp_pa
     broken = EncodedBatch([read_encoded(str(f)) for f in (files[0], tmp_path / "bad.jpg")], transform)
     with pytest.raises(BadImageError, match="bad.jpg"):
         broken.on_device(torch.device("cpu"))
+
+
+def test_ray_data_ingest_without_ray_data_is_one_line(monkeypatch):
+    import sys
+
+    from csg.config import ConfigError, TrainConfig
+    from csg.distributed.ray_data import check_ingest
+
+    monkeypatch.setitem(sys.modules, "ray.data", None)  # as where Ray Data's dependencies are missing
+    with pytest.raises(ConfigError, match=r"--ingest: ray-data needs Ray Data \(pip install 'ray\[data\]'\)"):
+        check_ingest(TrainConfig(dataset="imagefolder", ingest="ray-data"))
+    check_ingest(TrainConfig(dataset="imagefolder"))  # the DataLoader path needs none of it
