@@ -9,8 +9,9 @@ GPU (`batched_gpu_img_s`; `batched_cpu_img_s_core` is the same code on one CPU t
 
 The images are written in memory (`csg.testing.photos`): scikit-learn's two sample
 photographs, cut and rescaled at random to ImageNet's typical size (long side 500, short side
-333-375, quality 90). Each CPU path runs on one thread, so its img/s is img/s per core; the uint8 paths stop at a uint8 tensor, since
-their conversion and normalisation happen on the device after the copy. `mad_vs_ref` is the mean
+333-375, quality 90). Each CPU path runs on one thread, so its img/s is img/s per core; the
+uint8 paths stop at a uint8 tensor, since their conversion and normalisation happen on the
+device after the copy. `mad_vs_ref` is the mean
 absolute difference (0-255) from the reference on the same crop box. The last line is the summary.
 """
 from __future__ import annotations

@@ -13,8 +13,8 @@ as the DataLoader has workers.
 The tree is JPEGs the benchmark writes (`csg.testing.photos`: cuts of scikit-learn's sample
 photographs at ImageNet's shapes, quality 90). Each path runs `--loader-workers` processes of
 one thread, so img/s per core is its img/s over the workers (the process that takes the
-batches has a core of its own by default, as a training process would). The last line is the summary;
-`cores_per_gpu_*` divide published single-A100 rates by the best training path's rate per core:
+batches has a core of its own by default, as a training process would). The last line is the
+summary; `cores_per_gpu_*` divide published single-A100 rates by the best training path's rate per core:
 ResNet-50 2,500 img/s with AMP (NVIDIA DeepLearningExamples), ResNet-18 10,000 img/s (FFCV).
 """
 from __future__ import annotations
@@ -34,11 +34,12 @@ from csg import data as data_lib
 from csg.cli import summary
 from csg.config import TrainConfig
 from csg.data.checked_folder import CheckedImageFolder, read_uint8
+from csg.data.imagefolder import IMAGENET_MEAN_STD
 from csg.data.shard_writer import write_shards
 from csg.testing.photos import write_photo_tree
 
 SIZE, EVAL_RESIZE, BATCH = 224, 256, 256
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN_STD
 PUBLISHED_GPU_IMG_S = {"rn50": 2_500, "rn18": 10_000}  # one A100, see the docstring
 
 REFERENCE = {

@@ -71,7 +71,8 @@ def test_the_uint8_decode_matches_pil_on_the_same_crop_boxes():
         for size in (32, 112):
             top, left, h, w = v2.RandomResizedCrop.get_params(pil, (0.08, 1.0), (3 / 4, 4 / 3))
             reference = F1.pil_to_tensor(F1.resized_crop(pil, top, left, h, w, [size, size])).float()
-            fast = F.resized_crop(decode_uint8(data_bytes, "photo"), top, left, h, w, [size, size], antialias=True)
+            encoded = torch.frombuffer(bytearray(data_bytes), dtype=torch.uint8)
+            fast = F.resized_crop(decode_uint8(encoded, "photo"), top, left, h, w, [size, size], antialias=True)
             difference = (reference - fast.float()).abs()
             assert difference.mean() < 0.5 and torch.quantile(difference.flatten(), 0.99) <= 1
 

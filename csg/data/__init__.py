@@ -2,8 +2,8 @@
 
 Every data set yields images in [0, 1] (models normalise inside; ImageFolder training images
 come as uint8 in [0, 255] unless `decode="pil"`) and comes with the mean/std its models
-should use. `describe` reads only what validation needs (class count,
-training-set size) so bad input is caught before Ray starts. Each family is one module that
+should use. `describe` reads only what validation needs (class count, training-set size) so
+bad input is caught before Ray starts. Each family is one module that
 registers itself (`csg.data.registry`); the functions here dispatch on the `--dataset` name.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ from csg.data.scenes import scenes_split
 DATASET_CHOICES = ("digits", "digits-scenes", "cifar10", "cifar100", "imagefolder")  # as --help lists them
 
 __all__ = [
-    "AUGMENTS", "CIFAR_FILES", "DECODES", "DATASET_CHOICES", "DEFAULT_DATA_ROOT", "BadImageError", "DataError", "DatasetInfo",
-    "cifar_present", "collate_skipping_bad", "default_augment", "describe", "digits_split", "download_cifar",
+    "AUGMENTS", "CIFAR_FILES", "DATASET_CHOICES", "DECODES", "DEFAULT_DATA_ROOT", "BadImageError", "DataError",
+    "DatasetInfo", "cifar_present", "collate_skipping_bad", "default_augment", "describe", "digits_split", "download_cifar",
     "evaluation_geometry", "evaluation_masks", "evaluation_set", "load", "loader_options", "prepare", "rank_input",
     "scenes_split", "split_labels", "stacked", "train_transform", "unread_options",
 ]

@@ -39,15 +39,18 @@ def read_uint8(path: str) -> torch.Tensor:
     return decode_uint8(tv_io.read_file(path), path)
 
 
-def decode_uint8(data: torch.Tensor | bytes, name: str) -> torch.Tensor:
-    """Encoded bytes (or a 1-D uint8 tensor of them) to (3, H, W) uint8 RGB; see `read_uint8`."""
-    if isinstance(data, bytes):
-        data = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+def decode_uint8(data: torch.Tensor, name: str) -> torch.Tensor:
+    """Encoded bytes (a 1-D uint8 tensor) to (3, H, W) uint8 RGB; see `read_uint8`."""
     try:
         return tv_io.decode_image(data, mode=tv_io.ImageReadMode.RGB)
     except RuntimeError:
         try:
-            with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
-                return F.pil_to_tensor(image.convert("RGB"))
+            return F.pil_to_tensor(decode_pil(data, name))
         except OSError as exc:
             raise OSError(f"{name}: {exc}") from None
+
+
+def decode_pil(data: torch.Tensor, name: str) -> Image.Image:
+    """Encoded bytes (a 1-D uint8 tensor) to a PIL RGB image: `--decode pil` from shards."""
+    with Image.open(io.BytesIO(data.numpy())) as image:
+        return image.convert("RGB")

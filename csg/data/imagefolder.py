@@ -56,8 +56,7 @@ class ImageFolderTree(DatasetFamily):
         return DatasetInfo(len(classes), size, 3, *IMAGENET_MEAN_STD)
 
     def load(self, name, root, image_size, skip_bad_images, augment, decode=None):
-        from csg.data.checked_folder import CheckedImageFolder, decode_uint8, read_uint8
-
+        from csg.data.checked_folder import CheckedImageFolder, decode_pil, decode_uint8, read_uint8
         from csg.data.device_decode import CollateEncoded, keep_encoded, read_encoded
 
         augment = augment or default_augment(image_size)
@@ -95,16 +94,6 @@ class ImageFolderTree(DatasetFamily):
 
             return ShardMasks(images, T.Compose(evaluation_geometry(image_size, augment, "nearest")))
         return MaskFolder(images, Path(root), image_size, augment)
-
-
-def decode_pil(data: torch.Tensor, name: str):
-    """Encoded bytes (a uint8 tensor) to a PIL RGB image, for the `pil` decode path from shards."""
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
-        return image.convert("RGB")
 
 
 def train_transform(image_size: int, augment: str) -> Compose:

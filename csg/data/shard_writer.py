@@ -18,7 +18,6 @@ from csg.data.registry import DataError
 from csg.data.shards import MANIFEST, SPLITS, WRITTEN_FROM, written_from
 
 
-
 @dataclass(frozen=True)
 class ShardJob:
     """One shard to write: its samples as (key, source image, label, class, mask or None)."""
@@ -74,12 +73,13 @@ def _check_out(out: Path, tree: Path) -> None:
 
 def _split_jobs(tree: Path, out: Path, split: str, classes: list[str], shard_size: int, seed: int,
                 short_side: int, quality: int, skip_bad: bool) -> list[ShardJob]:
-    """A split's files in a seeded random order, cut into shards of `shard_size`."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
+    """A split's files, as ImageFolder finds them, in a seeded random order, cut into shards of
+    `shard_size`."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-    files = [(path, label) for label, name in enumerate(classes)
-             for path in sorted((tree / split / name).rglob("*"))
-             if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS]
+    class_index = {name: label for label, name in enumerate(classes)}
+    files = [(Path(path), label) for path, label in make_dataset(str(tree / split), class_index, IMG_EXTENSIONS,
+                                                                 allow_empty=True)]
     if not files:
         raise DataError(f"--data: {tree / split} holds no images")
     order = np.random.default_rng([seed, list(SPLITS.values()).index(split)]).permutation(len(files))

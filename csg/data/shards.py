@@ -1,4 +1,4 @@
-"""An ImageFolder tree as WebDataset-style tar shards, each image shrunk once: read back here.
+"""An ImageFolder tree as WebDataset-style tar shards, each image shrunk once, read back.
 
 A shard directory holds `train-000000.tar`, ..., `val-000000.tar`, ... and `shards.parquet`,
 the manifest (csg.data.shard_writer writes them). In a shard, sample `key` is the members `key.jpg` (the image, short side at most
