@@ -37,6 +37,8 @@ MANIFEST = "shards.parquet"
 SPLITS = {"train": "train", "test": "val"}  # evaluation_set's split -> the tree's folder
 SHUFFLE_BUFFER = 1000
 WRITTEN_FROM = b"csg.written_from"  # the manifest's metadata: tree, classes and settings, as JSON
+# The manifest's columns the readers use; source, class and sizes are for people and other tools.
+READ_COLUMNS = ["split", "shard", "key", "label", "offset", "nbytes", "mask_offset", "mask_nbytes"]
 
 
 def is_shard_dir(root: str | None) -> bool:
@@ -71,11 +73,13 @@ class Manifest:
 
     @classmethod
     def read(cls, root: str) -> Manifest:
+        """The columns readers use (`READ_COLUMNS`): ImageNet's manifest holds 1.3M rows, which
+        every rank and loader process keeps."""
         import pyarrow.parquet as pq
 
         fs, base = filesystem(root)
         try:
-            table = pq.read_table(f"{base}/{MANIFEST}", filesystem=fs)
+            table = pq.read_table(f"{base}/{MANIFEST}", filesystem=fs, columns=READ_COLUMNS)
         except (OSError, ValueError) as exc:  # absent, or not Parquet
             raise DataError(f"--data: {root} holds no readable {MANIFEST} (jobs/prepare_shards.py writes it): "
                             f"{exc}") from None
@@ -88,11 +92,14 @@ class Manifest:
         return {name: values[keep] for name, values in self.table.items()}
 
     def shards(self, split: str) -> tuple[list[str], list[dict]]:
-        """Each shard of a split and its rows (key, label, offset, nbytes), in shard and key order."""
+        """Each shard of a split and its rows (key, label, offset, nbytes), in shard and key order
+        (rows are written in key order within a shard): one stable sort, then a slice per shard."""
         rows = self.rows(split)
-        names = sorted(set(rows["shard"].tolist()))
-        return names, [{column: rows[column][rows["shard"] == name] for column in ("key", "label", "offset", "nbytes")}
-                       for name in names]
+        order = np.argsort(rows["shard"], kind="stable")
+        names, starts = np.unique(rows["shard"][order], return_index=True)
+        ends = [*starts[1:], len(order)]
+        return names.tolist(), [{column: rows[column][order[start:end]] for column in ("key", "label", "offset", "nbytes")}
+                                for start, end in zip(starts, ends)]
 
 
 class ShardFiles:
