@@ -12,8 +12,8 @@ evaluation reads any image by offset, and training plans each epoch without open
 and reads each planned range of a shard in one request.
 
 Training streams (`ShardStream`): each epoch the shard order is shuffled from (seed, epoch);
-rank r takes every world-th whole shard, the shards left over are split among the ranks by
-samples, and every rank reads the same count (the smallest rank's: at most a shard's size
+rank r takes every world-th whole shard, the shards left over are read one after another and
+split among the ranks by samples, and every rank reads the same count (the smallest rank's: at most a shard's size
 difference is dropped per epoch, a different part each epoch). A rank's DataLoader workers
 split its samples into contiguous ranges, and each shuffles what it decodes through a buffer.
 
@@ -134,21 +134,27 @@ def epoch_plan(counts: list[int], seed: int, epoch: int, rank: int, world: int, 
     epoch gets the same sample count within one, and every rank exactly the same total."""
     order = np.random.default_rng([seed, epoch]).permutation(len(counts)).tolist()
     whole = len(order) - len(order) % world
+    leftover = [(s, 0, counts[s]) for s in order[whole:]]
+    size = sum(counts[s] for s in order[whole:])
 
     def rank_ranges(r: int) -> list[tuple[int, int, int]]:
-        ranges = [(s, 0, counts[s]) for s in order[r:whole:world]]
-        ranges += [(s, r * counts[s] // world, (r + 1) * counts[s] // world) for s in order[whole:]]
-        return ranges
+        """Every world-th whole shard, then an equal share of the leftover shards' samples."""
+        return [(s, 0, counts[s]) for s in order[r:whole:world]] + _part(leftover, r * size // world,
+                                                                         (r + 1) * size // world)
 
     cap = min(sum(end - start for _, start, end in rank_ranges(r)) for r in range(world))
-    first, last = worker * cap // workers, (worker + 1) * cap // workers
-    plan, position = [], 0  # position: samples of this rank's sequence before the range
-    for shard, start, end in rank_ranges(rank):
+    return _part(rank_ranges(rank), worker * cap // workers, (worker + 1) * cap // workers)
+
+
+def _part(ranges: list[tuple[int, int, int]], first: int, last: int) -> list[tuple[int, int, int]]:
+    """The samples at positions [first, last) of the ranges read one after another, as ranges."""
+    part, position = [], 0  # position: samples of the earlier ranges
+    for shard, start, end in ranges:
         lo, hi = max(first - position, 0), min(last - position, end - start)
         if lo < hi:
-            plan.append((shard, start + lo, start + hi))
+            part.append((shard, start + lo, start + hi))
         position += end - start
-    return plan
+    return part
 
 
 class ShardStream(IterableDataset):
