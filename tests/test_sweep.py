@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -11,7 +12,9 @@ import pytest
 from analysis.sweep_front import pareto_front
 from csg.config import TrainConfig
 from csg.distributed.ray_train import scaling_config
-from csg.distributed.sweeps import STOP_REASONS, SearchSpace, trial_config
+from csg.distributed.sweeps import STOP_REASONS, SearchSpace, run_trial, trial_config
+from csg.store import run_record
+from csg.store.results import ResultStore
 from tests.helpers import REPO, documented_columns, job_main, written_columns
 
 SWEEP_ARGS = ["--dataset", "digits", "--epochs", "2", "--batch-size", "64"]
@@ -101,12 +104,34 @@ def test_a_sweep_id_in_use_is_refused_without_resume(tmp_path, capsys):
     assert "sweep 'taken' exists" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("status, trains", [("finished", False), ("running", True), ("interrupted", True)])
+def test_a_resumed_trial_trains_only_when_its_run_has_not_finished(tmp_path, monkeypatch, status, trains):
+    """A Ctrl-C that lands after a trial's run wrote its `finished` row, but before Tune heard,
+    leaves the trial unfinished in the sweep's state: resumed, it must not train again."""
+    import ray.tune.integration.ray_train
+    from ray import tune
+
+    import csg.distributed.driver
+
+    cfg = TrainConfig(dataset="digits", results=str(tmp_path))
+    run_record.write_run(ResultStore(cfg.results), "s-t1", cfg,
+                         {"status": status, "epochs_completed": 3, "final_acc": 0.75})
+    calls, reported = [], []
+    monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t1"))
+    monkeypatch.setattr(tune, "report", reported.append)
+    monkeypatch.setattr(ray.tune.integration.ray_train, "TuneReportCallback", lambda: "report to Tune")
+    monkeypatch.setattr(csg.distributed.driver, "train", lambda cfg, info, run_id, *a, **k: calls.append(run_id))
+    run_trial({"lambda1": 1.0}, cfg.to_dict(), "s")
+    assert calls == (["s-t1"] if trains else [])
+    assert reported == ([] if trains else [{"epoch": 2, "test_acc": 0.75}])  # the metric Tune checks
+
+
 @pytest.mark.slow
 @pytest.mark.separate_ray
 def test_resume_after_an_interruption_does_not_rerun_finished_trials(tmp_path):
     """Two trials one at a time: the sweep is stopped once the first has finished, while the
     second runs; the resume trains the second alone."""
-    command = [sys.executable, str(REPO / "jobs" / "tune_cifar.py"), "--dataset", "digits", "--epochs", "2",
+    command = [sys.executable, str(REPO / "jobs" / "tune_cifar.py"), "--dataset", "digits", "--epochs", "1",
                "--batch-size", "128", "--num-samples", "2",
                "--max-concurrent", "1", "--scheduler", "none", "--sweep-id", "s", "--results", str(tmp_path)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

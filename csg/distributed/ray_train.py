@@ -69,6 +69,10 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     worker.wrapped = _wrap(worker)
     store = ResultStore(cfg.results)
     history = state["history"]
+    if history and state["epoch"] + 1 >= cfg.epochs:
+        # Resumed with every epoch checkpointed (stopped before it finished): report the last
+        # epoch again, so whoever listens to this attempt (a sweep's Tune trial) hears its score.
+        ray.train.report({"epoch": state["epoch"], run_record.SCORE: history[-1]["test_acc"]})
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         diverged = _train_epoch(worker, epoch, run_id, store, history, progress_queue)
         if diverged is not None:

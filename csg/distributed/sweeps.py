@@ -109,10 +109,25 @@ def run_trial(config: dict, base: dict, sweep_id: str) -> None:
     from csg.distributed.driver import train
 
     cfg = TrainConfig.from_saved({**base, **trial_overrides(config)})
+    run_id = trial_run_id(sweep_id, tune.get_context().get_trial_id())
+    finished = _finished_row(cfg, run_id)
+    if finished is not None:
+        # A Ctrl-C after the run wrote its last row but before Tune heard leaves the trial
+        # unfinished in the sweep's state; resumed, it reports the run's last epoch again
+        # (Tune requires the metric) and ends, the run's tables untouched.
+        tune.report({"epoch": int(finished["epochs_completed"]) - 1, run_record.SCORE: float(finished["final_acc"])})
+        return
     info = describe(cfg.dataset, cfg.data)  # validated by the driver, GPUs included
     # The sweep owns its trials' leases, so a resumed sweep re-enters them at once.
-    train(cfg, info, trial_run_id(sweep_id, tune.get_context().get_trial_id()), [TuneReportCallback()],
-          show_progress=False, owner=f"sweep {sweep_id}")
+    train(cfg, info, run_id, [TuneReportCallback()], show_progress=False, owner=f"sweep {sweep_id}")
+
+
+def _finished_row(cfg: TrainConfig, run_id: str) -> pd.Series | None:
+    store = ResultStore(cfg.results)
+    if not store.exists("runs", run_id):
+        return None
+    row = store.read("runs", run_id).iloc[0]
+    return row if row["status"] == "finished" else None
 
 
 def trial_run_id(sweep_id: str, trial_id: str) -> str:
