@@ -80,12 +80,13 @@ def readme_runs(ray_local, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def scenes_runs(ray_local, tmp_path_factory):
-    """A CSG and an STD run on digits-scenes with its preset, 3 epochs each: (results, rows by
-    method). Shared by the preset's test and the localization job's; copy before writing."""
+    """A CSG and an STD run on digits-scenes with its preset, 2 epochs each, the CSG run's second
+    training the gate: (results, rows by method). Shared by the preset's test and the
+    localization job's; copy before writing."""
     from tests.helpers import job_main
 
     results = tmp_path_factory.mktemp("scenes_runs")
     train = job_main("train_cifar")
-    common = ["--dataset", "digits-scenes", "--epochs", "3", "--results", str(results)]
+    common = ["--dataset", "digits-scenes", "--epochs", "2", "--period", "2", "--results", str(results)]
     rows = {method: train([*common, "--method", method, "--run-id", method]) for method in ("csg", "std")}
     return results, rows

@@ -25,7 +25,7 @@ from csg.distributed.cluster import StorageError, check_visible_from_every_node
 from csg.distributed.driver import train
 from csg.store.results import ResultStore
 
-EPOCHS = 4  # the node goes after 2 checkpointed epochs; 2 are left to resume
+EPOCHS = 3  # the node goes after 2 checkpointed epochs; 1 is left to resume
 
 
 def main(results: str, temp_dir: str) -> None:
