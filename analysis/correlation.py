@@ -145,8 +145,13 @@ def block_contrast(matrix: np.ndarray, groups: np.ndarray) -> tuple[float, float
     """Mean cosine within class groups and between them (off-diagonal elements only)."""
     same = groups[:, None] == groups[None, :]
     off = ~np.eye(len(groups), dtype=bool)
-    within = matrix[same & off]
-    return (float(within.mean()) if within.size else float("nan")), float(matrix[~same].mean())
+    within, between = matrix[same & off], matrix[~same]
+    return _mean_or_nan(within), _mean_or_nan(between)
+
+
+def _mean_or_nan(values: np.ndarray) -> float:
+    """NaN where there is nothing to average (every filter in one group), without numpy's warning."""
+    return float(values.mean()) if values.size else float("nan")
 
 
 def headline(tables: dict[str, pd.DataFrame], labels: dict[str, str]) -> pd.DataFrame:

@@ -236,3 +236,13 @@ def test_a_fan_outs_progress_is_erased_on_a_terminal_and_one_line_in_a_log(on_a_
         assert "squares: 3/3 tasks" in text
     else:
         assert text.startswith("squares: 3/3 tasks (") and text.count("\n") == 1 and "\r" not in text
+
+
+@pytest.mark.filterwarnings("error")
+def test_block_contrast_is_nan_where_a_block_is_empty_and_never_warns():
+    matrix = np.array([[1.0, 0.8, 0.1], [0.8, 1.0, 0.3], [0.1, 0.3, 1.0]])
+    within, between = correlation.block_contrast(matrix, np.array([0, 0, 1]))
+    assert within == pytest.approx(0.8) and between == pytest.approx(0.2)  # off-diagonal only
+    within, between = correlation.block_contrast(matrix, np.array([5, 5, 5]))  # one group: nothing between
+    assert within == pytest.approx(0.4) and np.isnan(between)
+    assert all(np.isnan(correlation.block_contrast(np.ones((1, 1)), np.array([0]))))
