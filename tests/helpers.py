@@ -58,8 +58,9 @@ README_COMMANDS = [re.split(r"\s+#", line)[0].strip() for line in re.findall(r"^
 NEEDS_NO_DATA = re.compile(r"--(dataset|preset) digits|--help|jobs/status\.py --results results$|"
                            r"read_parquet\('results/runs'\)|csg\.attach")
 # Appended to the README's commands that train for minutes: the same flags, fewer epochs and trials.
-# The sweep keeps its 4 trials: tests/test_sweep.py reads them (2 epochs let ASHA stop some).
-SHORTER = {"train_cifar": ["--epochs", "1"], "tune_cifar": ["--epochs", "2"]}
+# The sweep's 2 trials run at once, as the README's 4 do two by two (2 epochs let ASHA stop one).
+README_SWEEP_TRIALS = 2
+SHORTER = {"train_cifar": ["--epochs", "1"], "tune_cifar": ["--epochs", "2", "--num-samples", str(README_SWEEP_TRIALS)]}
 
 
 def readme_commands_without_data() -> list[str]:

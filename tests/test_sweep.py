@@ -15,24 +15,25 @@ from csg.distributed.ray_train import scaling_config
 from csg.distributed.sweeps import STOP_REASONS, SearchSpace, run_trial, trial_config
 from csg.store import run_record
 from csg.store.results import ResultStore
-from tests.helpers import REPO, documented_columns, job_main, written_columns
+from tests.helpers import README_SWEEP_TRIALS, REPO, documented_columns, job_main, written_columns
 
 SWEEP_ARGS = ["--dataset", "digits", "--epochs", "2", "--batch-size", "64"]
 
 
 @pytest.mark.slow
-def test_four_trial_sweep_writes_a_row_per_trial_and_every_run_table(readme_runs):
-    """The README's sweep (4 trials, 2 at a time, 2 epochs here), run by the `readme_runs`
+def test_the_readme_sweep_writes_a_row_per_trial_and_every_run_table(readme_runs):
+    """The README's sweep (2 trials here, both at once, of 2 epochs), run by the `readme_runs`
     fixture beside the README's other commands."""
     folder, printed = readme_runs
     results = folder / "results"
     out = next(text for command, text in printed.items() if command.startswith("python jobs/tune_cifar.py"))
-    assert out.count(" started: period=") == 4 and out.count("/4 done)") == 4  # one line per trial event
+    count = README_SWEEP_TRIALS
+    assert out.count(" started: period=") == count and out.count(f"/{count} done)") == count  # a line per event
     assert "Trial status" not in out and "epoch 1/" not in out  # no Tune table, no per-run progress
     tune = pd.read_parquet(results / "tune")
-    assert len(tune) == 4 and set(tune["stop_reason"]) <= set(STOP_REASONS)
+    assert len(tune) == count and set(tune["stop_reason"]) <= set(STOP_REASONS)
     configs = tune[["period", "csg_epochs", "lambda1", "lambda2", "g_density"]].apply(tuple, axis=1)
-    assert configs.nunique() == 4
+    assert configs.nunique() == count
     assert (tune["csg_epochs"] <= tune["period"]).all()
     assert tune["g_density"].between(0.1, 0.4).all()  # the default range [1/C, 4/C]
     trials = set(tune["run_id"].astype(str))
