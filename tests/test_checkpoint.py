@@ -1,3 +1,6 @@
+import json
+import threading
+
 import pytest
 import torch
 
@@ -44,3 +47,20 @@ def test_checkpoint_of_another_class_count_or_model_is_refused(tmp_path):
     _, net32, gate32, opts32, scheds32 = _state(model="resnet32")
     with pytest.raises(ValueError, match="model='resnet20'"):
         checkpoint.load(tmp_path, net32, gate32, opts32, scheds32, other)
+
+
+def test_the_latest_registered_checkpoint_survives_ray_rewriting_its_snapshot(tmp_path):
+    """Ray Train rewrites its snapshot in place: a reader that finds it empty reads again; one
+    that never becomes JSON (a kill mid-write) means no checkpoint, not a crash."""
+    snapshot = tmp_path / "run" / checkpoint.SNAPSHOT_FILE
+    snapshot.parent.mkdir()
+    assert checkpoint.latest_registered(str(tmp_path), "run") is None  # no snapshot yet
+    snapshot.write_text("")
+    assert checkpoint.latest_registered(str(tmp_path), "run", attempts=3) is None
+    content = json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_2", "metrics": {"epoch": 2}}})
+    writer = threading.Timer(0.15, snapshot.write_text, [content])  # the write lands while the reader waits
+    writer.start()
+    try:
+        assert checkpoint.latest_registered(str(tmp_path), "run") == (f"{tmp_path}/run/checkpoint_2", 2)
+    finally:
+        writer.join()

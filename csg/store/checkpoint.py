@@ -2,6 +2,7 @@
 scale, epoch, RNG state, the epoch history so far, and the config that produced it."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -57,19 +58,29 @@ def load(folder: Path, model, gate, optimizers, schedulers, cfg) -> dict:
     return state
 
 
-def latest_registered(storage: str, run_name: str) -> tuple[str, int] | None:
+def latest_registered(storage: str, run_name: str, attempts: int = 10) -> tuple[str, int] | None:
     """The checkpoint Ray Train would resume `run_name` from, as (its directory, its epoch):
-    the latest in Ray's checkpoint-manager snapshot, which lists only finished uploads."""
+    the latest in Ray's checkpoint-manager snapshot, which lists only finished uploads.
+
+    Ray rewrites the snapshot in place, so a reader can find it empty or cut short while a
+    run reports (or just after its driver was killed): read again for up to `attempts` x
+    0.1 s, then None, as for a run with no checkpoint yet."""
     import json
 
     from csg.store.results import filesystem_of
 
     filesystem, base = filesystem_of(storage)
-    try:
-        with filesystem.open_input_stream(f"{base}/{run_name}/{SNAPSHOT_FILE}") as stream:
-            latest = json.loads(stream.read()).get("latest_checkpoint_result")
-    except FileNotFoundError:
-        return None
+    for attempt in range(attempts):
+        try:
+            with filesystem.open_input_stream(f"{base}/{run_name}/{SNAPSHOT_FILE}") as stream:
+                latest = json.loads(stream.read()).get("latest_checkpoint_result")
+            break
+        except FileNotFoundError:
+            return None
+        except ValueError:  # not JSON yet: caught mid-write
+            if attempt == attempts - 1:
+                return None
+            time.sleep(0.1)
     if not latest:
         return None
     return f"{storage.rstrip('/')}/{run_name}/{latest['checkpoint_dir_name']}", latest["metrics"]["epoch"]
