@@ -14,8 +14,6 @@ import dataclasses
 import json
 import math
 import re
-import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,8 +188,8 @@ def launch_sweep(cfg: TrainConfig, info: DatasetInfo, args: dict, make_space) ->
     if args["sweep_id"] and _saved(cfg.storage_path, args["sweep_id"]):
         raise ConfigError(f"--sweep-id: sweep {args['sweep_id']!r} exists under {cfg.storage_path}; "
                           f"continue it with --resume or choose another id")
-    args = {**args, "sweep_id": args["sweep_id"] or f"{cfg.dataset}-{run_record.model_tag(cfg.model)}-sweep-"
-            f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"}
+    args = {**args, "sweep_id": args["sweep_id"]
+            or f"{cfg.dataset}-{run_record.model_tag(cfg.model)}-sweep-{run_record.id_suffix(2)}"}
     return _start(cfg, info, args, make_space)
 
 

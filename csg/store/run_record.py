@@ -29,8 +29,12 @@ VERSIONED_PACKAGES = ("csg-ray", "torch", "torchvision", "ray", "scikit-learn", 
 
 
 def new_run_id(cfg: TrainConfig) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.dataset}-{model_tag(cfg.model)}-{cfg.method}-{stamp}-{secrets.token_hex(3)}"
+    return f"{cfg.dataset}-{model_tag(cfg.model)}-{cfg.method}-{id_suffix()}"
+
+
+def id_suffix(random_bytes: int = 3) -> str:
+    """The end of a generated run or sweep id: the time, so ids sort by start, and a random tail."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(random_bytes)}"
 
 
 def model_tag(spec: str) -> str:
