@@ -60,7 +60,8 @@ NEEDS_NO_DATA = re.compile(r"--(dataset|preset) digits|--help|jobs/status\.py --
 # Appended to the README's commands that train for minutes: the same flags, fewer epochs and trials.
 # The sweep's 2 trials run at once, as the README's 4 do two by two (2 epochs let ASHA stop one).
 README_SWEEP_TRIALS = 2
-SHORTER = {"train_cifar": ["--epochs", "1"], "tune_cifar": ["--epochs", "2", "--num-samples", str(README_SWEEP_TRIALS)]}
+SHORTER = {"train_cifar": ["--epochs", "1"],
+           "tune_cifar": ["--epochs", "2", "--num-samples", str(README_SWEEP_TRIALS)]}
 
 
 def readme_commands_without_data() -> list[str]:

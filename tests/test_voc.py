@@ -110,7 +110,8 @@ def test_voc_resnet152_preset_fine_tunes_from_a_weights_file_and_localizes(ray_l
     weights = tmp_path / "resnet152.pth"
     torch.save(torchvision.models.resnet152().state_dict(), weights)
     row = job_main("train_imagenet")(["--preset", "voc-resnet152", "--data", str(tmp_path / "out"),
-                                      "--weights", str(weights), "--image-size", "64", "--workers", "1", "--loader-workers", "0",
+                                      "--weights", str(weights), "--image-size", "64",
+                                      "--workers", "1", "--loader-workers", "0",
                                       "--epochs", "2", "--warmup", "1", "--batch-size", "4", "--keep-checkpoints", "0",
                                       "--g-density", "0.5",  # two classes here; 0.2 is for six
                                       "--results", str(tmp_path / "results"), "--run-id", "voc"])

@@ -134,9 +134,9 @@ RESUME_KEYS = ("dataset", "model", "method", "scheme", "gate", "num_classes")
 def _check_resumable(store: ResultStore, run_id: str, cfg: TrainConfig) -> None:
     """A run id that exists may be resumed, never turned into another model: refuse before
     its `runs` row, tables or checkpoints are touched."""
-    if not store.exists("runs", run_id):
+    previous = run_record.read_run(store, run_id)
+    if not previous:
         return
-    previous = store.read("runs", run_id).iloc[0]
     for key in RESUME_KEYS:
         mine = getattr(cfg, key)
         if mine is not None and previous[key] != mine:

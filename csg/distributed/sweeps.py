@@ -108,24 +108,16 @@ def run_trial(config: dict, base: dict, sweep_id: str) -> None:
 
     cfg = TrainConfig.from_saved({**base, **trial_overrides(config)})
     run_id = trial_run_id(sweep_id, tune.get_context().get_trial_id())
-    finished = _finished_row(cfg, run_id)
-    if finished is not None:
+    run = run_record.read_run(ResultStore(cfg.results), run_id)
+    if run.get("status") == "finished":
         # A Ctrl-C after the run wrote its last row but before Tune heard leaves the trial
         # unfinished in the sweep's state; resumed, it reports the run's last epoch again
         # (Tune requires the metric) and ends, the run's tables untouched.
-        tune.report({"epoch": int(finished["epochs_completed"]) - 1, run_record.SCORE: float(finished["final_acc"])})
+        tune.report({"epoch": int(run["epochs_completed"]) - 1, run_record.SCORE: float(run["final_acc"])})
         return
     info = describe(cfg.dataset, cfg.data)  # validated by the driver, GPUs included
     # The sweep owns its trials' leases, so a resumed sweep re-enters them at once.
     train(cfg, info, run_id, [TuneReportCallback()], show_progress=False, owner=f"sweep {sweep_id}")
-
-
-def _finished_row(cfg: TrainConfig, run_id: str) -> pd.Series | None:
-    store = ResultStore(cfg.results)
-    if not store.exists("runs", run_id):
-        return None
-    row = store.read("runs", run_id).iloc[0]
-    return row if row["status"] == "finished" else None
 
 
 def trial_run_id(sweep_id: str, trial_id: str) -> str:
@@ -337,7 +329,7 @@ def _trial_row(store: ResultStore, base: TrainConfig, sweep_id: str, result, sta
     trial_id = _trial_id(result)
     run_id = trial_run_id(sweep_id, trial_id)
     cfg = dataclasses.replace(base, **trial_overrides(result.config))
-    run = store.read("runs", run_id).iloc[0].to_dict() if store.exists("runs", run_id) else {}
+    run = run_record.read_run(store, run_id)
     status = run.get("status")
     # Stopped by the scheduler, the trial's run was cut off mid-epoch: its row still says
     # running, or failed if the stop reached it as an error first. Tune saw no error.

@@ -100,6 +100,11 @@ def write_run(store: ResultStore, run_id: str, cfg: TrainConfig, summary: dict) 
     store.write("runs", run_id, frame, RUNS_SCHEMA)
 
 
+def read_run(store: ResultStore, run_id: str) -> dict:
+    """A run's `runs` row as a dict; empty for a run id never recorded."""
+    return store.read("runs", run_id).iloc[0].to_dict() if store.exists("runs", run_id) else {}
+
+
 def versions() -> dict[str, str]:
     found = {}
     for name in VERSIONED_PACKAGES:
