@@ -12,7 +12,9 @@ photographs, cut and rescaled at random to ImageNet's typical size (long side 50
 333-375, quality 90). Each CPU path runs on one thread, so its img/s is img/s per core; the
 uint8 paths stop at a uint8 tensor, since their conversion and normalisation happen on the
 device after the copy. `mad_vs_ref` is the mean
-absolute difference (0-255) from the reference on the same crop box. The last line is the summary.
+absolute difference (0-255) from the reference on the same crop box. `fused` is what training
+runs: torchvision's decoder and `csg.data.crops`' fused crop, resize and flip, against
+`tv_v2` (the same decoder and transforms.v2's RandomResizedCrop + flip). The last line is the summary.
 """
 from __future__ import annotations
 
@@ -123,6 +125,10 @@ def main(argv=None):
             fast = cpu_img_s(jpegs, decode, UINT8[mode], args.passes)
             fields[f"{name}_{mode}_img_s_core"] = fast
             fields[f"{name}_{mode}_over_ref"] = fast / ref
+        if mode == "train":  # the product's transform: csg.data.crops, fused
+            fused = cpu_img_s(jpegs, tv_decode, train_transform_uint8(SIZE, "imagenet"), args.passes)
+            fields["fused_train_img_s_core"], fields["fused_train_over_ref"] = fused, fused / ref
+            fields["fused_over_tv_v2"] = fused / fields["tv_v2_train_img_s_core"]
         print(f"{mode}: " + ", ".join(f"{k.removeprefix(mode + '_')}={v:.2f}" for k, v in fields.items()
                                      if f"_{mode}_" in k), flush=True)
     for name, decode in DECODERS.items():

@@ -116,17 +116,19 @@ def train_transform(image_size: int, augment: str) -> Compose:
 def train_transform_uint8(image_size: int, augment: str):
     """`train_transform` on (3, H, W) uint8 tensors, ending in uint8: the batch is copied to the
     device at a quarter of float's size and made float there (`engine.device_pixels`).
-    Antialiased resizing, as PIL's, so the two paths agree to a few grey levels."""
+    Antialiased resizing, as PIL's, so the two paths agree to a few grey levels. ImageNet's
+    recipe, the one that costs, is fused (`csg.data.crops`)."""
     from torchvision.transforms import v2
 
     if augment == "imagenet":
-        steps = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
-    else:
-        steps = [v2.Resize((image_size, image_size), antialias=True)]
-        if augment in ("cifar", "crop"):
-            steps.append(v2.RandomCrop(image_size, padding=image_size // 8))
-        if augment == "cifar":
-            steps.append(v2.RandomHorizontalFlip())
+        from csg.data.crops import ResizedCropFlip
+
+        return ResizedCropFlip(image_size)
+    steps = [v2.Resize((image_size, image_size), antialias=True)]
+    if augment in ("cifar", "crop"):
+        steps.append(v2.RandomCrop(image_size, padding=image_size // 8))
+    if augment == "cifar":
+        steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps)
 
 

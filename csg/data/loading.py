@@ -45,5 +45,19 @@ def rank_input(train_set: Dataset, rank: int, world: int, seed: int):
 
 
 def collate_skipping_bad(batch):
-    """Default collation of the samples that decoded; skipped ones arrive as None."""
-    return default_collate([sample for sample in batch if sample is not None])
+    """Default collation of the samples that decoded; skipped ones arrive as None. Images laid
+    out channels-last (`csg.data.crops`) are stacked as they lie, one plain copy each, into an
+    (N, 3, H, W) view of (N, H, W, 3) memory; `engine.device_pixels` lays it out on the device."""
+    batch = [sample for sample in batch if sample is not None]
+    if batch and all(_channels_last(sample) for sample in batch):
+        images, labels = default_collate([(image.permute(1, 2, 0), label) for image, label in batch])
+        return images.permute(0, 3, 1, 2), labels
+    return default_collate(batch)
+
+
+def _channels_last(sample) -> bool:
+    """An (image, label) pair whose (C, H, W) image lies in (H, W, C) memory."""
+    if not (isinstance(sample, tuple) and len(sample) == 2 and isinstance(sample[0], torch.Tensor)):
+        return False
+    image = sample[0]
+    return image.dim() == 3 and image.permute(1, 2, 0).is_contiguous() and not image.is_contiguous()

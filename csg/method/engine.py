@@ -174,12 +174,15 @@ def train_one_epoch(model: nn.Module, gate: ClassSpecificGate | None, loader, pa
 
 def device_pixels(images, device: torch.device) -> torch.Tensor:
     """A batch on `device` as float pixels in [0, 1]. A uint8 batch crosses to the device at a
-    quarter of float's size and is made float there, where the conversion is cheap; a batch
-    still encoded (`--decode gpu`: it has `on_device`) is decoded there first."""
+    quarter of float's size and is made float there, where the conversion is cheap, and
+    contiguous in the same pass (the loader stacks its crops channels-last); a batch still
+    encoded (`--decode gpu`: it has `on_device`) is decoded there first."""
     if hasattr(images, "on_device"):
         images = images.on_device(device)
     images = images.to(device, non_blocking=True)
-    return images.float().div_(255) if images.dtype == torch.uint8 else images
+    if images.dtype != torch.uint8:
+        return images
+    return images.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
 
 
 class WaitClock:
