@@ -119,12 +119,16 @@ class ShardFiles:
             self._fs, self._path = filesystem(self.root)
         return self._fs, self._path
 
-    def read(self, shard: str, offset: int, nbytes: int) -> bytes:
-        """`nbytes` from `offset`, or fewer where the shard ends early (a cut file)."""
+    def read(self, shard: str, offset: int, nbytes: int) -> bytearray:
+        """`nbytes` from `offset`, or fewer where the shard ends early (a cut file): read in
+        place into a writable buffer, which torch.frombuffer takes without a copy."""
         if shard not in self._open:
             fs, base = self._base()
             self._open[shard] = fs.open_input_file(f"{base}/{shard}")
-        return self._open[shard].read_at(nbytes, offset)
+        file, data = self._open[shard], bytearray(nbytes)
+        file.seek(offset)
+        del data[file.readinto(data):]
+        return data
 
 
 def epoch_plan(counts: list[int], seed: int, epoch: int, rank: int, world: int, worker: int = 0,
@@ -209,7 +213,7 @@ class ShardStream(IterableDataset):
             first = int(rows["offset"][start])
             wanted = int(rows["offset"][end - 1] + rows["nbytes"][end - 1]) - first
             data = self.files.read(shard, first, wanted)
-            blob = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+            blob = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
             for i in range(start, end):
                 offset, nbytes = int(rows["offset"][i]) - first, int(rows["nbytes"][i])
                 if offset + nbytes > len(blob):
@@ -249,7 +253,7 @@ class ShardImages(Dataset):
     def name(self, index: int) -> str:
         return f"{self.rows['shard'][index]}:{self.rows['key'][index]}"
 
-    def image_bytes(self, index: int, member: str = "") -> bytes:
+    def image_bytes(self, index: int, member: str = "") -> bytearray:
         rows = self.rows
         return self.files.read(rows["shard"][index], int(rows[f"{member}offset"][index]),
                                int(rows[f"{member}nbytes"][index]))

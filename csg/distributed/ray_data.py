@@ -46,8 +46,8 @@ def check_cpus_left(cfg: TrainConfig) -> None:
 
 
 def training_dataset(cfg: TrainConfig):
-    """The Ray Dataset of decoded, augmented training images: rows of `image` (uint8, or float
-    with --decode pil) and `label`. Its input is a list of work items, one block each, whose
+    """The Ray Dataset of decoded, augmented training images: rows of `image` ((H, W, 3) uint8,
+    or float with --decode pil) and `label`. Its input is a list of work items, one block each, whose
     order is reshuffled every epoch: chunks of a shard (one ranged read each, through the
     manifest's offsets) or of a tree's files. Ray's own `read_webdataset` parses each tar in
     Python at 530-650 us an image on this machine, where the ranged read costs about 70 us."""
@@ -75,7 +75,7 @@ class DecodeChunks:
 
     def __init__(self, train_set, image_size: int, uint8: bool):
         self.train_set = train_set
-        self.none = np.zeros((0, 3, image_size, image_size), np.uint8 if uint8 else np.float32)  # all unreadable
+        self.none = np.zeros((0, image_size, image_size, 3), np.uint8 if uint8 else np.float32)  # all unreadable
 
     def __call__(self, batch: dict) -> dict:
         pairs = []
@@ -85,7 +85,8 @@ class DecodeChunks:
             else:
                 pairs += [self.train_set[i] for i in range(int(start), int(end))]
         pairs = [pair for pair in pairs if pair is not None]
-        return {"image": torch.stack([image for image, _ in pairs]).numpy() if pairs else self.none,
+        # Stacked (N, H, W, 3): the uint8 crops lie channels-last (csg.data.crops), so each is one plain copy.
+        return {"image": torch.stack([image.permute(1, 2, 0) for image, _ in pairs]).numpy() if pairs else self.none,
                 "label": np.asarray([label for _, label in pairs], dtype=np.int64)}
 
 
@@ -100,7 +101,7 @@ class WorkerBatches:
     def __iter__(self):
         for batch in self.shard.iter_torch_batches(batch_size=self.batch_size, device="cpu",
                                                    local_shuffle_buffer_size=SHUFFLE_BUFFER):
-            yield batch["image"], batch["label"]
+            yield batch["image"].permute(0, 3, 1, 2), batch["label"]
 
     def __len__(self) -> int:
         return self.rows_per_rank

@@ -181,7 +181,7 @@ def device_pixels(images, device: torch.device) -> torch.Tensor:
         images = images.on_device(device)
     images = images.to(device, non_blocking=True)
     if images.dtype != torch.uint8:
-        return images
+        return images.contiguous()
     return images.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
 
 

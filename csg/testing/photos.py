@@ -1,6 +1,7 @@
 """Photographs of ImageNet's size, for the input benchmarks and the tests that read JPEG trees:
 random cuts of scikit-learn's two sample photographs, rescaled to ImageNet's common shapes
-(long side 500, short side 333-375, quality 90: about 110 KB, as ImageNet's training files)."""
+(long side 500, short side 333-375, quality 90). They average about 48 KB, against ImageNet's
+110 KB: the cuts are smoother than ImageNet's photographs, so they decode faster."""
 from __future__ import annotations
 
 import io
