@@ -85,3 +85,4 @@ def test_the_batches_cross_loader_workers_intact():
     loader = DataLoader(samples, batch_size=4, num_workers=1, collate_fn=data.collate_skipping_bad)
     (images, _), = list(loader)
     assert torch.equal(images, torch.stack([image for image, _ in samples]))
+    assert images.permute(0, 2, 3, 1).is_contiguous()  # the layout survives the shared-memory hand-over

@@ -20,7 +20,8 @@ from torch.nn.functional import interpolate
 from torchvision.transforms.v2 import functional as F
 
 SCALE = (0.08, 1.0)
-LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
+RATIO = (3 / 4, 4 / 3)
+LOG_RATIO = (math.log(RATIO[0]), math.log(RATIO[1]))
 TRIES = 10
 
 
@@ -35,10 +36,10 @@ def crop_box(height: int, width: int, draws: list[float]) -> tuple[int, int, int
             return min(int(top), height - h), min(int(left), width - w), h, w
     ratio = width / height  # no try fitted: the centred crop
     h, w = height, width
-    if ratio < math.exp(LOG_RATIO[0]):
-        h = round(width / math.exp(LOG_RATIO[0]))
-    elif ratio > math.exp(LOG_RATIO[1]):
-        w = round(height * math.exp(LOG_RATIO[1]))
+    if ratio < RATIO[0]:
+        h = round(width / RATIO[0])
+    elif ratio > RATIO[1]:
+        w = round(height * RATIO[1])
     return (height - h) // 2, (width - w) // 2, h, w
 
 

@@ -11,7 +11,6 @@ Unlike the DataLoader path, the epoch's order and crops are not seeded.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset
 
 from csg import data as data_lib
@@ -87,10 +86,10 @@ class DecodeChunks:
                 pairs += self.train_set.decoded([(int(batch["shard"][n]), int(start), int(end))])
             else:
                 pairs += [self.train_set[i] for i in range(int(start), int(end))]
-        pairs = [pair for pair in pairs if pair is not None]
-        # Stacked (N, H, W, 3): the uint8 crops lie channels-last (csg.data.crops), so each is one plain copy.
-        return {"image": torch.stack([image.permute(1, 2, 0) for image, _ in pairs]).numpy() if pairs else self.none,
-                "label": np.asarray([label for _, label in pairs], dtype=np.int64)}
+        if all(pair is None for pair in pairs):
+            return {"image": self.none, "label": np.zeros(0, np.int64)}
+        images, labels = data_lib.collate_skipping_bad(pairs)  # the DataLoader's stacking: (N, H, W, 3) memory
+        return {"image": images.permute(0, 2, 3, 1).numpy(), "label": labels.numpy()}
 
 
 class WorkerBatches:
